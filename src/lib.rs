@@ -1,0 +1,3 @@
+//! Rolomesh: shared pieces of the `rolomesh` binary (demo topology builder used by the demo and the tests).
+
+pub mod netns;
