@@ -1,1 +1,11 @@
+//! Rolomesh discovery: the wire protocol, the sans-IO server and client state machines, and the UDP service.
+
+pub mod client;
+pub mod codec;
+pub mod keys;
+pub mod net;
 pub mod proto;
+pub mod replay;
+pub mod server;
+
+pub use net::IpNet;
