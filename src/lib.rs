@@ -1,3 +1,4 @@
 //! Rolomesh: shared pieces of the `rolomesh` binary (demo topology builder used by the demo and the tests).
 
+pub mod lab;
 pub mod netns;

@@ -2,7 +2,12 @@
 
 pub mod config;
 pub mod crypto;
+pub mod driver;
 pub mod dtls;
+pub mod engine;
 pub mod iface;
+pub mod metrics;
+pub mod peer;
+pub mod probe;
 pub mod routes;
 pub mod tun;

@@ -2,10 +2,12 @@
 
 pub mod client;
 pub mod codec;
+pub mod http;
 pub mod keys;
 pub mod net;
 pub mod proto;
 pub mod replay;
 pub mod server;
+pub mod service;
 
 pub use net::IpNet;

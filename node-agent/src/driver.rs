@@ -1,0 +1,197 @@
+//! The agent's I/O edge: one UDP socket, the TUN device and timers, driving the sans-IO [`Engine`].
+//!
+//! A single task owns the engine, so nothing on the packet path takes a lock; buffers are allocated once.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::net::UdpSocket;
+
+use crate::engine::{Engine, EngineConfig, HEADROOM, Inbound, Transmit};
+use crate::metrics::Metrics;
+use crate::tun::{Tun, TunConfig};
+use crate::{iface, routes};
+
+pub struct RunConfig {
+    pub engine: EngineConfig,
+    pub listen_port: u16,
+    pub tun: TunConfig,
+    pub metrics: Option<SocketAddr>,
+}
+
+pub fn wall_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+const SOCKET_BUFFER: usize = 4 << 20;
+const DEFAULT_TTL: u32 = 64;
+const BUF_LEN: usize = 65536;
+
+/// Binds the one socket used for the rolodex and every peer, dual-stack when an IPv6 rolodex is configured.
+fn bind(port: u16, v6: bool) -> anyhow::Result<UdpSocket> {
+    let (domain, addr) = if v6 {
+        (Domain::IPV6, SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port))
+    } else {
+        (Domain::IPV4, SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))
+    };
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).context("creating UDP socket")?;
+    if v6 {
+        s.set_only_v6(false).context("enabling dual-stack UDP")?;
+    }
+    // Best effort: bigger buffers absorb bursts; the kernel caps them at rmem_max/wmem_max.
+    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into()).with_context(|| format!("cannot bind UDP port {port}"))?;
+    UdpSocket::from_std(s.into()).context("registering UDP socket")
+}
+
+/// Maps addresses between the engine (plain IPv4) and a dual-stack socket (IPv4-mapped IPv6).
+fn to_socket(dst: SocketAddr, v6: bool) -> SocketAddr {
+    match (dst, v6) {
+        (SocketAddr::V4(a), true) => SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port()),
+        _ => dst,
+    }
+}
+
+fn from_socket(src: SocketAddr) -> SocketAddr {
+    match src {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
+            None => src,
+        },
+        v4 => v4,
+    }
+}
+
+async fn send_control(socket: &UdpSocket, v6: bool, t: &Transmit) {
+    let sock = SockRef::from(socket);
+    if let Some(ttl) = t.ttl {
+        // A one-off TTL for punching: set, send, restore. Only this task uses the socket, so no other
+        // datagram can go out with it.
+        let _ = if t.dst.is_ipv4() { sock.set_ttl_v4(ttl) } else { sock.set_unicast_hops_v6(ttl) };
+        if v6 && t.dst.is_ipv4() {
+            let _ = sock.set_unicast_hops_v6(ttl);
+        }
+    }
+    if let Err(e) = socket.send_to(&t.payload, to_socket(t.dst, v6)).await {
+        tracing::debug!(dst = %t.dst, error = %e, "send failed");
+    }
+    if t.ttl.is_some() {
+        let _ = sock.set_ttl_v4(DEFAULT_TTL);
+        if v6 {
+            let _ = sock.set_unicast_hops_v6(DEFAULT_TTL);
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` completes; the TUN device is removed when this returns.
+pub async fn run(mut cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let v6 = cfg.engine.rolodexes.iter().any(SocketAddr::is_ipv6);
+    let socket = bind(cfg.listen_port, v6)?;
+    let port = socket.local_addr()?.port();
+    let tun = Tun::create(&cfg.tun)?;
+    let overlay: Vec<routes::IpNet> = [cfg.tun.ipv4, cfg.tun.ipv6].into_iter().flatten().collect();
+    let find_candidates = || match iface::local_candidates(tun.name(), &overlay, port) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list local addresses; only the reflexive address will be offered");
+            vec![]
+        }
+    };
+    cfg.engine.candidates = find_candidates();
+    let mut engine = Engine::new(cfg.engine, Instant::now(), wall_us(), rand::random());
+    tracing::info!(
+        name = engine.name(), port, tun = tun.name(), mtu = tun.mtu(), candidates = ?engine_candidates(&engine),
+        "agent started"
+    );
+    let status = Arc::new(Mutex::new(String::from("{}")));
+    let mut metrics = Metrics::new().context("creating metrics")?;
+    if let Some(addr) = cfg.metrics {
+        tokio::spawn(crate::metrics::serve(addr, metrics.registry.clone(), status.clone()).await?);
+    }
+
+    let mut rx = vec![0u8; BUF_LEN];
+    let mut tx = vec![0u8; BUF_LEN];
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut refresh = tokio::time::interval(Duration::from_secs(30));
+    tokio::pin!(shutdown);
+    loop {
+        let deadline = tokio::time::Instant::from_std(engine.poll_timeout());
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            r = socket.recv_from(&mut rx) => match r {
+                Ok((n, src)) => {
+                    if let Inbound::Deliver(range) = engine.handle_datagram(Instant::now(), wall_us(), from_socket(src), &mut rx[..n])
+                        && let Err(e) = tun.send(&rx[range]).await
+                    {
+                        tracing::debug!(error = %e, "TUN write failed");
+                    }
+                }
+                // ICMP errors from earlier sends (port unreachable while punching) surface here.
+                Err(e) => tracing::trace!(error = %e, "UDP receive error"),
+            },
+            r = tun.recv(&mut tx[HEADROOM..]) => match r {
+                Ok(n) => {
+                    if let Some((dst, len)) = engine.encrypt_outbound(Instant::now(), &mut tx, n)
+                        && let Err(e) = socket.send_to(&tx[..len], to_socket(dst, v6)).await
+                    {
+                        tracing::trace!(%dst, error = %e, "UDP send failed");
+                    }
+                }
+                Err(e) => return Err(e).context("reading from the TUN device"),
+            },
+            _ = tokio::time::sleep_until(deadline) => engine.handle_timeout(Instant::now(), wall_us()),
+            _ = tick.tick() => {
+                metrics.update(&engine);
+                if let Ok(mut s) = status.lock() {
+                    *s = crate::metrics::status_json(&engine, tun.name(), port);
+                }
+            }
+            _ = refresh.tick() => engine.set_candidates(Instant::now(), find_candidates()),
+        }
+        while let Some(t) = engine.poll_transmit() {
+            send_control(&socket, v6, &t).await;
+        }
+    }
+    tracing::info!(tun = tun.name(), "shutting down; removing TUN device");
+    drop(tun);
+    Ok(())
+}
+
+fn engine_candidates(e: &Engine) -> Vec<SocketAddr> {
+    e.candidates().to_vec()
+}
+
+impl RunConfig {
+    /// Maps the validated user configuration onto the engine and device settings.
+    pub fn from_agent_config(c: &crate::config::AgentConfig) -> Self {
+        // One address per configured rolodex: registering twice with the same server would double traffic.
+        let rolodexes: Vec<SocketAddr> = c.rolodex.iter().filter_map(|r| r.addrs.first().copied()).collect();
+        let v6 = rolodexes.iter().any(SocketAddr::is_ipv6);
+        let overlay = [c.overlay_v4, c.overlay_v6].into_iter().flatten().map(|n| (n.addr(), n.prefix_len())).collect();
+        Self {
+            engine: EngineConfig {
+                network: c.network.clone(),
+                name: c.name.clone(),
+                secret: c.secret.as_bytes().to_vec(),
+                overlay,
+                routes: vec![],
+                rolodexes,
+                candidates: vec![],
+                keepalive: c.keepalive,
+                heartbeat: c.heartbeat,
+                punch_ttl: u32::from(c.punch_ttl),
+                freshness: Duration::from_secs(60),
+            },
+            listen_port: c.listen_port,
+            tun: c.tun_config(v6),
+            metrics: c.metrics_listen,
+        }
+    }
+}
