@@ -438,7 +438,8 @@ impl NsChild {
         String::from_utf8_lossy(&lock(&self.state.stderr)).into_owned()
     }
 
-    /// The exit status if the process has exited (and then reaps it).
+    /// The exit status if the process has exited (and then reaps it). When it has, whatever is left of its
+    /// process group (background children) is SIGKILLed.
     pub fn try_wait(&self) -> io::Result<Option<ExitStatus>> {
         self.state.try_wait()
     }

@@ -473,25 +473,39 @@ fn stale_namespaces_of_dead_processes_are_removed() {
     }
     // a process left running inside a stale namespace (wait until it is in there: `ready` is printed after
     // `ip netns exec` has switched namespace)
-    let mut orphan = Command::new("ip")
+    let orphan = Command::new("ip")
         .args(["netns", "exec", &stale[1], "sh", "-c", "echo ready; exec sleep 300"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    // on every failure path too: kill the process and remove the namespaces
+    struct Guard(std::process::Child, Vec<String>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+            for ns in &self.1 {
+                if namespace_exists(ns) {
+                    let _ = Command::new("ip").args(["netns", "del", ns]).status();
+                }
+            }
+        }
+    }
+    let mut guard = Guard(orphan, vec![stale[0].clone(), stale[1].clone(), alive.clone()]);
     let mut line = String::new();
-    BufReader::new(orphan.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(guard.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready");
 
     let removed = Topology::cleanup_stale(family).unwrap();
-    let alive_kept = namespace_exists(&alive);
-    let _ = Command::new("ip").args(["netns", "del", &alive]).status();
-    assert!(alive_kept, "namespace of a live process was removed");
+    assert!(namespace_exists(&alive), "namespace of a live process was removed");
     for ns in &stale {
         assert!(removed.contains(ns), "{ns} not reported as removed: {removed:?}");
         assert!(!namespace_exists(ns), "{ns} still exists");
     }
     assert!(
-        wait_until(Duration::from_secs(5), POLL, || orphan.try_wait().unwrap().is_some()),
+        wait_until(Duration::from_secs(5), POLL, || guard.0.try_wait().unwrap().is_some()),
         "process inside a stale namespace was not killed"
     );
 }

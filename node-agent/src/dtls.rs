@@ -24,6 +24,9 @@
 //! establishes (then switch: a new incarnation in the identity means drop the old session) or
 //! fails (then drop it and keep the old session). A stale duplicate ClientHello produces a
 //! handshake that never progresses and fails at [`HANDSHAKE_TIMEOUT`], which is harmless.
+//! Better still, compare the ClientHello's client random with the one that started the current
+//! server `Handshake`: it is the same across the cookie exchange and retransmissions and fresh
+//! for every new handshake, so it also catches a restart in the middle of a handshake.
 
 mod config;
 mod error;
@@ -73,7 +76,8 @@ pub enum Role {
 /// A completed handshake.
 #[derive(Clone, Debug)]
 pub struct Established {
-    /// The peer's PSK identity (client) or identity hint (server).
+    /// What the peer sent: the client's PSK identity as seen by the server, the server's PSK
+    /// identity hint as seen by the client.
     pub peer_identity: Vec<u8>,
     pub keys: SessionKeys,
     pub role: Role,

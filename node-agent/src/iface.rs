@@ -43,9 +43,10 @@ pub struct IfAddr {
     pub loopback: bool,
 }
 
+/// Carries the OS error in its message (not as `source()`, which would print it twice).
 #[derive(Debug, thiserror::Error)]
 #[error("listing network interface addresses (getifaddrs): {0}")]
-pub struct IfaceError(#[source] io::Error);
+pub struct IfaceError(io::Error);
 
 /// Candidate `addr:port` pairs of this host for peers to try, in interface order, deduplicated.
 pub fn local_candidates(tun_name: &str, overlay: &[IpNet], port: u16) -> Result<Vec<SocketAddr>, IfaceError> {

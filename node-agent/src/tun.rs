@@ -34,6 +34,8 @@ pub struct TunConfig {
     pub mtu: u32,
 }
 
+/// One-line errors. The OS error is part of the message and not also a `source()`, so
+/// `{:#}` chains do not print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum TunError {
     #[error("invalid TUN device name {name:?}: {reason}")]
@@ -50,10 +52,10 @@ pub enum TunError {
     NameInUse { name: String },
     #[error("creating TUN device {name} needs a tokio runtime")]
     NoRuntime { name: String },
-    #[error("creating TUN device {name}: {source}")]
-    Create { name: String, source: io::Error },
-    #[error("configuring TUN device {name}: {what}: {source}")]
-    Configure { name: String, what: String, source: io::Error },
+    #[error("creating TUN device {name}: {err}")]
+    Create { name: String, err: io::Error },
+    #[error("configuring TUN device {name}: {what}: {err}")]
+    Configure { name: String, what: String, err: io::Error },
 }
 
 /// A configured, up TUN device registered with the tokio reactor.
@@ -94,7 +96,7 @@ impl Tun {
             .map_err(|e| create_error(&name, e))?;
         // From here on, dropping `dev` deletes the interface again.
         let step = |what: &str, r: io::Result<()>| {
-            r.map_err(|source| TunError::Configure { name: name.clone(), what: what.to_owned(), source })
+            r.map_err(|err| TunError::Configure { name: name.clone(), what: what.to_owned(), err })
         };
         let mtu = u16::try_from(cfg.mtu).unwrap_or(u16::MAX);
         step(&format!("setting MTU {mtu}"), dev.set_mtu(mtu))?;
@@ -110,7 +112,7 @@ impl Tun {
         let dev = AsyncDevice::new(dev).map_err(|e| TunError::Configure {
             name: name.clone(),
             what: "registering with tokio".into(),
-            source: e,
+            err: e,
         })?;
         Ok(Tun { dev, name, mtu: cfg.mtu })
     }
@@ -196,6 +198,6 @@ fn create_error(name: &str, e: io::Error) -> TunError {
         Some(libc::EBUSY | libc::EEXIST) => TunError::NameInUse { name },
         // Lost a race with another interface of the same name.
         Some(libc::EINVAL) if interface_exists(&name) => TunError::NameInUse { name },
-        _ => TunError::Create { name, source: e },
+        _ => TunError::Create { name, err: e },
     }
 }

@@ -67,7 +67,8 @@ pub fn on_peer(e: &mut Engine, client: usize, entry: &PeerEntry, introduce: bool
                 tracing::error!(peer = %entry.name, "peer table full (65536)");
                 return;
             }
-            let peer = Peer::new(entry, &e.cfg.name, now);
+            let mut peer = Peer::new(entry, &e.cfg.name, now);
+            peer.ping_interval = FIRST_PING_INTERVAL;
             tracing::info!(peer = %entry.name, role = ?peer.role, candidates = ?peer.candidates, "new peer");
             if slot == e.peers.len() {
                 e.peers.push(Some(peer));

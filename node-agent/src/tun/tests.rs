@@ -117,12 +117,32 @@ async fn recv_until(tun: &Tun, want: impl Fn(&[u8]) -> bool) -> Vec<u8> {
         .unwrap_or_else(|_| panic!("no matching packet from {} within 5s", tun.name()))
 }
 
-#[tokio::test]
-async fn create_configure_exchange_and_remove() {
+#[test]
+fn create_configure_exchange_and_remove() {
     if !is_root() {
         eprintln!("skipping create_configure_exchange_and_remove: creating a TUN device needs root");
         return;
     }
+    // A private network namespace for this thread: no clash with the host's addresses or other
+    // tests, and nothing can leak even if an assertion fails.
+    let run = std::thread::spawn(|| {
+        // SAFETY: unshare affects only the calling (fresh) thread.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            panic!("unshare(CLONE_NEWNET): {}", io::Error::last_os_error());
+        }
+        assert!(ip_cmd(&["link", "set", "lo", "up"]).0, "ip link set lo up");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("runtime: {e}"));
+        rt.block_on(exchange_in_namespace());
+    });
+    if let Err(panic) = run.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn exchange_in_namespace() {
     let pid = std::process::id();
     let name = format!("rmtest{}", pid % 1000);
     let third = (pid % 250) as u8;
