@@ -11,6 +11,9 @@ pub struct DemoArgs {
     /// Keep the mesh running until Ctrl-C instead of tearing it down after the checks
     #[arg(long)]
     keep: bool,
+    /// Also measure ping RTT and iperf3 throughput (a1 -> a2), overlay against the same LAN underlay
+    #[arg(long)]
+    measure: bool,
 }
 
 pub fn run(a: DemoArgs) -> anyhow::Result<()> {
@@ -56,6 +59,9 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         bail!("{failed} overlay pings failed\n{}", lab.logs());
     }
     println!("\nEvery pair reaches every other over the encrypted overlay, through both NATs, peer to peer.");
+    if a.measure {
+        measure(&lab)?;
+    }
     if a.keep {
         println!("Mesh kept running; namespaces are {:?}. Ctrl-C to tear down.", lab.topo.namespaces());
         let (tx, rx) = std::sync::mpsc::channel();
@@ -77,4 +83,57 @@ fn ctrlc_wait(tx: std::sync::mpsc::Sender<()>) {
         }
         let _ = tx.send(());
     });
+}
+
+/// Average RTT in ms of `count` pings from `from` to `to`.
+fn ping_avg(lab: &Lab, from: &str, to: &str, count: u32) -> anyhow::Result<f64> {
+    let c = count.to_string();
+    let out = lab.host(from).run("ping", &["-n", "-q", "-i", "0.01", "-c", &c, to])?;
+    // rtt min/avg/max/mdev = 0.031/0.045/0.098/0.010 ms
+    let stats = out.lines().find(|l| l.contains("min/avg")).context("no ping summary")?;
+    let avg = stats.split('=').nth(1).and_then(|v| v.trim().split('/').nth(1)).context("bad ping summary")?;
+    Ok(avg.parse()?)
+}
+
+/// iperf3 single-stream TCP throughput in Gbit/s from `from` to the iperf3 server at `to`.
+fn iperf(lab: &Lab, from: &str, server_host: &str, to: &str) -> anyhow::Result<f64> {
+    let server = lab.host(server_host).spawn("iperf3", &["-s", "-1", "-B", to], &[])?;
+    let mut out = String::new();
+    for _ in 0..50 {
+        match lab.host(from).run("iperf3", &["-c", to, "-t", "5", "-J"]) {
+            Ok(o) => {
+                out = o;
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    drop(server);
+    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 result")?;
+    Ok(bps / 1e9)
+}
+
+fn measure(lab: &Lab) -> anyhow::Result<()> {
+    let a2_lan = lab.host("a2").lan_ip.to_string();
+    let a2_overlay = lab.member("a2")?.overlay.to_string();
+    let b1_overlay = lab.member("b1")?.overlay.to_string();
+    println!("\nMeasurements (a1 -> a2 share a LAN, so the underlay path is the same):");
+    let under = ping_avg(lab, "a1", &a2_lan, 200)?;
+    let over = ping_avg(lab, "a1", &a2_overlay, 200)?;
+    println!(
+        "  ping RTT underlay {under:.3} ms, overlay {over:.3} ms, added {:.0} us",
+        (over - under) * 1000.0
+    );
+    let cross = ping_avg(lab, "a1", &b1_overlay, 200)?;
+    println!("  ping RTT a1 -> b1 across both NATs over the overlay: {cross:.3} ms");
+    let t_under = iperf(lab, "a1", "a2", &a2_lan)?;
+    let t_over = iperf(lab, "a1", "a2", &a2_overlay)?;
+    println!(
+        "  iperf3 TCP underlay {t_under:.2} Gbit/s, overlay {t_over:.2} Gbit/s ({:.1}%)",
+        t_over / t_under * 100.0
+    );
+    let t_cross = iperf(lab, "a1", "b1", &b1_overlay)?;
+    println!("  iperf3 TCP a1 -> b1 across both NATs over the overlay: {t_cross:.2} Gbit/s");
+    Ok(())
 }

@@ -91,11 +91,12 @@ fn init_logs(format: &str) -> anyhow::Result<()> {
 }
 
 fn read_key_file(network: &str, path: &str) -> anyhow::Result<[u8; 32]> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read rolodex key file {path}"))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read rolodex key file {path}"))?;
     let bytes = keys::from_hex(&text).with_context(|| format!("rolodex key file {path} is not hex"))?;
-    bytes
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("rolodex key file {path} for network {network} must hold 32 bytes (64 hex digits)"))
+    bytes.try_into().map_err(|_| {
+        anyhow::anyhow!("rolodex key file {path} for network {network} must hold 32 bytes (64 hex digits)")
+    })
 }
 
 async fn shutdown_signal() {
@@ -121,8 +122,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logs(&a.log_format)?;
             let mut networks = Vec::new();
             for spec in &a.networks {
-                let (name, path) =
-                    spec.split_once('=').with_context(|| format!("invalid --network {spec:?}: expected NAME=KEYFILE"))?;
+                let (name, path) = spec
+                    .split_once('=')
+                    .with_context(|| format!("invalid --network {spec:?}: expected NAME=KEYFILE"))?;
                 if name.is_empty() || name.len() > rolodex::proto::MAX_NAME {
                     bail!("invalid --network {spec:?}: name must be 1-63 bytes");
                 }
@@ -173,9 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn rand_fill(buf: &mut [u8]) -> anyhow::Result<()> {
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .context("reading /dev/urandom")
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).context("reading /dev/urandom")
 }
 
 /// A tiny HTTP GET for the agent's local status endpoint.

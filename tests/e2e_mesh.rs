@@ -95,7 +95,10 @@ fn a_large_tcp_transfer_arrives_intact() {
     assert!(out.status.success(), "sender failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(receiver.wait_timeout(Duration::from_secs(120)).unwrap().is_some(), "receiver did not finish");
     let secs = start.elapsed().as_secs_f64();
-    eprintln!("128 MiB a1 -> b1 over the overlay in {secs:.2} s ({:.0} Mbit/s)", 134217728.0 * 8.0 / secs / 1e6);
+    eprintln!(
+        "128 MiB a1 -> b1 over the overlay in {secs:.2} s ({:.0} Mbit/s)",
+        134217728.0 * 8.0 / secs / 1e6
+    );
     assert_eq!(sum(&dst), sum(&src), "checksum mismatch");
 }
 
@@ -132,7 +135,8 @@ fn rolodex_restart_keeps_links_and_members_reregister() {
     assert_eq!(before, after, "the link was torn down and re-handshaken");
 }
 
-const METRICS_GET: &str = "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9465/metrics').read().decode())";
+const METRICS_GET: &str =
+    "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9465/metrics').read().decode())";
 
 #[test]
 fn a_member_with_the_wrong_secret_gets_no_link_and_delivers_nothing() {
@@ -153,7 +157,9 @@ fn a_member_with_the_wrong_secret_gets_no_link_and_delivers_nothing() {
     assert!(!l.overlay_ping("a1", "b1").unwrap());
     let rolodex_drops = l.host("pub").run("python3", &["-c", METRICS_GET]).unwrap();
     assert!(
-        rolodex_drops.lines().any(|x| x.starts_with("rolomesh_rolodex_frames_dropped_total{reason=\"auth\"}")),
+        rolodex_drops
+            .lines()
+            .any(|x| x.starts_with("rolomesh_rolodex_frames_dropped_total{reason=\"auth\"}")),
         "the rolodex did not count the impostor's frames as auth failures"
     );
 }

@@ -174,7 +174,8 @@ impl RunConfig {
         // One address per configured rolodex: registering twice with the same server would double traffic.
         let rolodexes: Vec<SocketAddr> = c.rolodex.iter().filter_map(|r| r.addrs.first().copied()).collect();
         let v6 = rolodexes.iter().any(SocketAddr::is_ipv6);
-        let overlay = [c.overlay_v4, c.overlay_v6].into_iter().flatten().map(|n| (n.addr(), n.prefix_len())).collect();
+        let overlay =
+            [c.overlay_v4, c.overlay_v6].into_iter().flatten().map(|n| (n.addr(), n.prefix_len())).collect();
         Self {
             engine: EngineConfig {
                 network: c.network.clone(),

@@ -31,6 +31,7 @@
 mod config;
 mod error;
 mod record;
+mod stall;
 #[cfg(test)]
 mod tests;
 
@@ -46,6 +47,7 @@ use rtc_dtls::endpoint::{Endpoint, EndpointEvent};
 use crate::crypto::{EXPORT_LEN, SessionKeys};
 pub use error::DtlsError;
 pub use record::{is_client_hello, is_dtls};
+use stall::StallGuard;
 
 /// RFC 5705 label for the data-plane keys.
 pub const EXPORTER_LABEL: &str = "EXPORTER-rolomesh-data-v1";
@@ -61,8 +63,6 @@ const SUITE: CipherSuiteId = CipherSuiteId::Tls_Psk_With_Aes_128_Gcm_Sha256;
 /// (TEST-NET-1). Real addresses are the caller's business.
 const PEER: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 1));
 const LOCAL: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 1));
-/// Resends of a stalled flight (see [`Handshake::handle_datagram`]); the deadline bounds it too.
-const MAX_STALL_RESENDS: u32 = 10;
 
 /// Decides whether a peer's PSK identity may complete the handshake.
 pub type AcceptIdentity = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
@@ -90,13 +90,7 @@ pub struct Handshake {
     accept_identity: AcceptIdentity,
     deadline: Instant,
     outbox: VecDeque<BytesMut>,
-    /// What the crate last sent before completion, for the stall workaround.
-    last_flight: Vec<BytesMut>,
-    stall_at: Option<Instant>,
-    stall_resends: u32,
-    /// How far we got, for dropping stale repeats of the peer's earlier flights.
-    sent_server_hello: bool,
-    sent_epoch1: bool,
+    stall: StallGuard,
     established: Option<Established>,
     failure: Option<String>,
 }
@@ -125,11 +119,7 @@ impl Handshake {
             accept_identity,
             deadline: now + HANDSHAKE_TIMEOUT,
             outbox: VecDeque::new(),
-            last_flight: Vec::new(),
-            stall_at: None,
-            stall_resends: 0,
-            sent_server_hello: false,
-            sent_epoch1: false,
+            stall: StallGuard::default(),
             established: None,
             failure: None,
         };
@@ -162,10 +152,10 @@ impl Handshake {
             self.collect();
             return result.map(drop).map_err(|e| DtlsError::AfterCompletion(Box::new(e)));
         }
-        if self.is_stale(datagram) {
+        if self.stall.is_stale(self.role, datagram) {
             return Ok(());
         }
-        let timer_before = self.endpoint.poll_timeout(&PEER);
+        let armed_before = self.endpoint.poll_timeout(&PEER).is_some();
         let result = self.endpoint.read(now, PEER, None, BytesMut::from(datagram));
         let sent = self.collect();
         let events =
@@ -183,17 +173,11 @@ impl Handshake {
                 _ => {}
             }
         }
-        // Workaround: the crate disarms its retransmit timer on any handshake record, even one
-        // that does not complete the peer's next flight (typically the peer repeating its
-        // previous flight because ours was lost). It then never retransmits again and both
-        // sides can wait forever. `is_stale` keeps most such repeats away from it; for the rest
-        // we resend our last flight verbatim (RFC 6347 4.2.4) until its timer is back. Verbatim
-        // is fine here: a peer that had received that flight would not be repeating its own.
-        if self.established.is_some() || self.endpoint.poll_timeout(&PEER).is_some() {
-            self.stall_at = None;
-        } else if timer_before.is_some() && !sent {
-            self.stall_at = Some(now);
-            self.resend_if_stalled(now);
+        if self.established.is_some() {
+            self.stall.clear();
+        } else {
+            let armed_after = self.endpoint.poll_timeout(&PEER).is_some();
+            self.stall.after_read(now, armed_before, armed_after, sent, &mut self.outbox);
         }
         Ok(())
     }
@@ -212,7 +196,7 @@ impl Handshake {
         if self.established.is_some() {
             return retransmit;
         }
-        [retransmit, self.stall_at, Some(self.deadline)].into_iter().flatten().min()
+        [retransmit, self.stall.timeout(), Some(self.deadline)].into_iter().flatten().min()
     }
 
     /// Retransmits the current flight if due; fails the handshake past its deadline or when the
@@ -224,7 +208,7 @@ impl Handshake {
         if self.established.is_none() && now >= self.deadline {
             return Err(self.fail(DtlsError::Timeout { role: self.role }));
         }
-        self.resend_if_stalled(now);
+        self.stall.poll(now, &mut self.outbox);
         if self.endpoint.poll_timeout(&PEER).is_none_or(|t| now < t) {
             return Ok(());
         }
@@ -265,46 +249,10 @@ impl Handshake {
             return false;
         }
         if self.established.is_none() {
-            for datagram in &fresh {
-                record::walk(datagram, |r| {
-                    self.sent_server_hello |= r.is_server_hello();
-                    self.sent_epoch1 |= r.epoch() > 0;
-                });
-            }
-            self.last_flight.clone_from(&fresh);
+            self.stall.sent(&fresh);
         }
         self.outbox.extend(fresh);
         true
-    }
-
-    /// Whether `datagram` only repeats a peer flight we have already moved past. The crate
-    /// would let it disarm its retransmit timer (see `handle_datagram`); dropping it leaves our
-    /// retransmission to that timer, which is what the peer needs.
-    fn is_stale(&self, datagram: &[u8]) -> bool {
-        match self.role {
-            // A ClientHello after our ServerHello: the client lost our flight 4.
-            Role::Server => self.sent_server_hello && is_client_hello(datagram),
-            // Plaintext handshake only (HelloVerifyRequest, flight 4) after our Finished.
-            Role::Client => {
-                let mut only_plain = true;
-                record::walk(datagram, |r| only_plain &= r.is_plain_handshake());
-                self.sent_epoch1 && only_plain
-            }
-        }
-    }
-
-    fn resend_if_stalled(&mut self, now: Instant) {
-        let Some(at) = self.stall_at else { return };
-        if now < at {
-            return;
-        }
-        if self.stall_resends >= MAX_STALL_RESENDS {
-            self.stall_at = None;
-            return;
-        }
-        self.stall_resends += 1;
-        self.outbox.extend(self.last_flight.iter().cloned());
-        self.stall_at = Some(now + FLIGHT_INTERVAL);
     }
 
     fn check_failed(&self) -> Result<(), DtlsError> {

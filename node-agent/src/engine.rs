@@ -204,7 +204,12 @@ impl Engine {
 
     /// Encrypts the IP packet at `buf[HEADROOM..HEADROOM + len]` in place for the peer that routes its
     /// destination. Returns where to send `buf[..n]`, or `None` if dropped (counted).
-    pub fn encrypt_outbound(&mut self, now: Instant, buf: &mut [u8], len: usize) -> Option<(SocketAddr, usize)> {
+    pub fn encrypt_outbound(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Option<(SocketAddr, usize)> {
         let Some(dst) = buf.get(HEADROOM..HEADROOM + len).and_then(routes::dst_of_packet) else {
             self.drop(DropReason::Malformed);
             return None;
@@ -239,7 +244,13 @@ impl Engine {
     }
 
     /// Processes one datagram from the UDP socket; decrypted data is left in `buf`.
-    pub fn handle_datagram(&mut self, now: Instant, wall_us: u64, src: SocketAddr, buf: &mut [u8]) -> Inbound {
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        wall_us: u64,
+        src: SocketAddr,
+        buf: &mut [u8],
+    ) -> Inbound {
         match buf.first().copied() {
             Some(header::TYPE_DATA) => self.handle_data(now, src, buf),
             Some(probe::PING | probe::PONG) => {
@@ -267,7 +278,8 @@ impl Engine {
             return Inbound::Done;
         };
         let slot = (idx & 0xffff) as usize;
-        let Some(peer) = self.peers.get_mut(slot).and_then(Option::as_mut).filter(|p| p.rx_index == idx) else {
+        let Some(peer) = self.peers.get_mut(slot).and_then(Option::as_mut).filter(|p| p.rx_index == idx)
+        else {
             self.drop(DropReason::UnknownPeer);
             return Inbound::Done;
         };
@@ -325,8 +337,12 @@ impl Engine {
                         self.reflexive = Some(reflexive);
                     }
                 }
-                Event::RolodexRestarted => tracing::info!(rolodex = %self.clients[i].server(), "rolodex restarted"),
-                Event::Unreachable => tracing::warn!(rolodex = %self.clients[i].server(), "rolodex unreachable"),
+                Event::RolodexRestarted => {
+                    tracing::info!(rolodex = %self.clients[i].server(), "rolodex restarted")
+                }
+                Event::Unreachable => {
+                    tracing::warn!(rolodex = %self.clients[i].server(), "rolodex unreachable")
+                }
                 Event::Peer { entry, introduce } => link::on_peer(self, i, &entry, introduce, now, wall_us),
                 Event::Gone { name, incarnation } => link::on_gone(self, i, &name, incarnation),
             }

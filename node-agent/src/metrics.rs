@@ -137,8 +137,10 @@ pub fn status_json(engine: &Engine, tun: &str, port: u16) -> String {
             })
         })
         .collect();
-    let drops: serde_json::Map<String, serde_json::Value> =
-        DropReason::ALL.iter().map(|r| (r.label().to_string(), json!(engine.stats().drops[*r as usize]))).collect();
+    let drops: serde_json::Map<String, serde_json::Value> = DropReason::ALL
+        .iter()
+        .map(|r| (r.label().to_string(), json!(engine.stats().drops[*r as usize])))
+        .collect();
     let rolodexes: Vec<_> =
         engine.rolodexes().map(|(a, up)| json!({"address": a.to_string(), "registered": up})).collect();
     json!({

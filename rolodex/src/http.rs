@@ -32,7 +32,8 @@ where
     F: Fn(String) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send,
 {
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for metrics"))?;
+    let listener =
+        TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for metrics"))?;
     let handler = Arc::new(handler);
     Ok(async move {
         loop {

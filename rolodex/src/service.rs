@@ -57,7 +57,9 @@ impl Metrics {
 
 /// Runs until `shutdown` completes.
 pub async fn run(cfg: ServiceConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let socket = UdpSocket::bind(cfg.listen).await.with_context(|| format!("cannot bind rolodex UDP {}", cfg.listen))?;
+    let socket = UdpSocket::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot bind rolodex UDP {}", cfg.listen))?;
     let metrics = Metrics::new().context("creating metrics")?;
     if let Some(addr) = cfg.metrics {
         let registry = metrics.registry.clone();

@@ -296,6 +296,7 @@ fn resolve(host: &str, port: u16) -> Result<Rolodex, ConfigError> {
     Ok(Rolodex { spec, addrs })
 }
 
+/// Reads a network secret file: trailing whitespace trimmed, at least 16 bytes, at most 64 KiB.
 pub fn read_secret(path: &Path) -> Result<Secret, ConfigError> {
     let fail = |reason: String| ConfigError::Secret { path: path.to_owned(), reason };
     let mut buf = Vec::new();

@@ -3,6 +3,7 @@
 use super::*;
 use crate::crypto::Session;
 use rand::{Rng, SeedableRng, rngs::StdRng};
+use rtc_dtls::config::{ConfigBuilder, ExtendedMasterSecretType};
 
 const PSK: [u8; 32] = [7; 32];
 const CLIENT_ID: &[u8] = b"rm1;alpha;1;a";
@@ -209,9 +210,10 @@ fn server_repeats_final_flight_after_completing() {
 }
 
 #[test]
-fn answers_a_repeated_flight_although_the_crate_stopped_its_timer() {
-    // The server's first two answers to ClientHello-with-cookie are lost. The second repeat of
-    // the ClientHello disarms the crate's server timer; only the stall workaround answers it.
+fn recovers_when_flight_4_is_lost_twice() {
+    // The server's first two answers to the cookie ClientHello are lost. The client's repeats
+    // of that ClientHello would disarm the crate's server timer; they are dropped as stale, so
+    // the server's own timer retransmits flight 4.
     let start = Instant::now();
     let (mut client, mut server) = pair(start, PSK, accept_prefix());
     let mut lose = |dir: Dir, n: usize, _: bool| usize::from(!(dir == Dir::ToClient && n < 3 && n > 0));
@@ -322,4 +324,67 @@ fn garbage_never_panics() {
         while client.poll_transmit().is_some() {}
     }
     assert!(client.is_established() && server.is_established());
+}
+
+/// A plain `rtc-dtls` client with our PSK but a chosen suite and EMS policy.
+fn raw_client_against_our_server(suite: CipherSuiteId, ems: ExtendedMasterSecretType) -> Handshake {
+    let start = Instant::now();
+    let config = ConfigBuilder::default()
+        .with_crypto_provider(rtc_dtls::crypto_provider::default_provider().unwrap())
+        .with_cipher_suites(vec![suite])
+        .with_extended_master_secret(ems)
+        .with_psk(Some(Arc::new(|_: &[u8]| Ok(PSK.to_vec()))))
+        .with_psk_identity_hint(Some(CLIENT_ID.to_vec()))
+        .with_server_name("x".into())
+        .with_insecure_skip_verify(true)
+        .build(true, Some(PEER))
+        .unwrap();
+    let mut raw = Endpoint::new(LOCAL, Default::default(), None);
+    raw.connect(start, PEER, Arc::new(config), None).unwrap();
+    let mut server = Handshake::new(Role::Server, start, SERVER_ID.to_vec(), PSK, accept_prefix()).unwrap();
+    for _ in 0..10 {
+        while let Some(t) = raw.poll_transmit() {
+            let _ = server.handle_datagram(start, &t.message);
+        }
+        while let Some(d) = server.poll_transmit() {
+            let _ = raw.read(start, PEER, None, d);
+        }
+    }
+    server
+}
+
+#[test]
+fn only_our_suite_with_extended_master_secret() {
+    use ExtendedMasterSecretType::{Disable, Require};
+    let ok = raw_client_against_our_server(SUITE, Require);
+    assert!(ok.is_established(), "{:?}", ok.failure());
+    let no_ems = raw_client_against_our_server(SUITE, Disable);
+    assert!(no_ems.failed() && !no_ems.is_established());
+    let other = raw_client_against_our_server(CipherSuiteId::Tls_Psk_With_Aes_128_Ccm, Require);
+    assert!(other.failed() && !other.is_established());
+}
+
+#[test]
+fn resends_when_a_late_hello_verify_request_stops_the_crate_timer() {
+    // A slow path: the client repeats its first ClientHello, the server answers both with a
+    // HelloVerifyRequest, and the client's cookie ClientHello is lost. The second
+    // HelloVerifyRequest disarms the client's timer, and a server never retransmits a
+    // HelloVerifyRequest; only the verbatim resend keeps the handshake going.
+    let start = Instant::now();
+    let (mut client, mut server) = pair(start, PSK, accept_prefix());
+    let hello = client.poll_transmit().unwrap();
+    let t1 = client.poll_timeout().unwrap();
+    client.handle_timeout(t1).unwrap();
+    let hello_again = client.poll_transmit().unwrap();
+    server.handle_datagram(t1, &hello).unwrap();
+    let verify = server.poll_transmit().unwrap();
+    server.handle_datagram(t1, &hello_again).unwrap();
+    let verify_again = server.poll_transmit().unwrap();
+    client.handle_datagram(t1, &verify).unwrap();
+    let lost = client.poll_transmit().unwrap();
+    assert!(is_client_hello(&lost));
+    client.handle_datagram(t1, &verify_again).unwrap();
+    let run = drive(t1, &mut client, &mut server, &mut deliver_all, false);
+    assert_established(&client, &server);
+    assert!(run.elapsed < FLIGHT_INTERVAL, "answered at once, took {:?}", run.elapsed);
 }

@@ -16,7 +16,7 @@ use rolodex::proto::PeerEntry;
 use super::{DropReason, Engine, Transmit};
 use crate::crypto::Session;
 use crate::dtls::{self, Handshake, Role};
-use crate::peer::{LinkState, PendingPing, Peer};
+use crate::peer::{LinkState, Peer, PendingPing};
 use crate::probe::Probe;
 
 /// Wait between the low-TTL probes and the first normal ones.
@@ -54,7 +54,14 @@ fn peer_mut(e: &mut Engine, slot: usize) -> Option<&mut Peer> {
 }
 
 /// The rolodex told us about a peer (new, changed, or introduced again so that both punch now).
-pub fn on_peer(e: &mut Engine, client: usize, entry: &PeerEntry, introduce: bool, now: Instant, _wall_us: u64) {
+pub fn on_peer(
+    e: &mut Engine,
+    client: usize,
+    entry: &PeerEntry,
+    introduce: bool,
+    now: Instant,
+    _wall_us: u64,
+) {
     if entry.name == e.cfg.name {
         return;
     }
@@ -214,6 +221,14 @@ pub fn handle_timeout(e: &mut Engine, slot: usize, now: Instant, wall_us: u64) {
             if now >= p.next_keepalive {
                 p.next_keepalive = now + keepalive;
                 if let Some(ep) = p.endpoint {
+                    // Session keepalive (design.md: empty plaintext): only it proves to the peer that this
+                    // session is alive (pongs are signed with the network-wide probe key and come from a
+                    // peer that may have dropped the session), and it lets the peer follow a NAT rebinding.
+                    let mut ka = [0u8; crate::crypto::OVERHEAD];
+                    let sealed = p.session.as_mut().and_then(|s| s.seal(&mut ka, 0, p.tx_index).ok());
+                    if let Some(n) = sealed {
+                        e.out.push_back(Transmit { dst: ep, payload: ka[..n].to_vec(), ttl: None });
+                    }
                     send_ping(e, slot, ep, now, None);
                 }
             }
@@ -264,7 +279,8 @@ pub fn handle_probe(e: &mut Engine, now: Instant, src: SocketAddr, buf: &[u8]) {
         e.out.push_back(Transmit { dst: src, payload: e.probe_key.encode(&pong), ttl: None });
         if let Some(slot) = slot {
             e.by_addr.insert(src, slot);
-            let punching = peer_mut(e, slot).is_some_and(|p| p.state == LinkState::Punching && p.low_ttl_sent);
+            let punching =
+                peer_mut(e, slot).is_some_and(|p| p.state == LinkState::Punching && p.low_ttl_sent);
             if punching {
                 // The peer reached us: probe back at once on that path.
                 send_ping(e, slot, src, now, None);
@@ -295,7 +311,7 @@ pub fn handle_probe(e: &mut Engine, now: Instant, src: SocketAddr, buf: &[u8]) {
                 start_client_handshake(e, slot, now);
             }
         }
-        LinkState::Up => p.last_rx = now,
+        // RTT only: liveness comes from session traffic (see the keepalive in `handle_timeout`).
         _ => {}
     }
 }
@@ -437,6 +453,7 @@ fn flush_handshake(e: &mut Engine, slot: usize) {
 pub fn client_hello_random(buf: &[u8]) -> Option<[u8; 32]> {
     // record header (13): type 22, version, epoch 0, seq, len; handshake header (12): type 1, len,
     // message_seq, fragment offset 0, fragment len; then client_version (2) and the random (32).
-    let is_hello = buf.len() >= 59 && buf[0] == 22 && buf[3..5] == [0, 0] && buf[13] == 1 && buf[19..22] == [0, 0, 0];
+    let is_hello =
+        buf.len() >= 59 && buf[0] == 22 && buf[3..5] == [0, 0] && buf[13] == 1 && buf[19..22] == [0, 0, 0];
     is_hello.then(|| buf[27..59].try_into().ok()).flatten()
 }

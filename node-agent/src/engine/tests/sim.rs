@@ -100,7 +100,6 @@ pub struct NatStats {
 /// outbound flow from the inside to R cannot use P and gets another port, while inbound R -> P stays
 /// dropped (the entry is refreshed by every such packet and expires after `timeout` of silence).
 pub struct Nat {
-    pub public_ip: Ipv4Addr,
     pub race: bool,
     pub timeout: Option<Duration>,
     /// (inside address, remote address) -> flow.
@@ -116,9 +115,8 @@ pub struct Nat {
 }
 
 impl Nat {
-    pub fn new(public_ip: Ipv4Addr, race: bool, seed: u64) -> Self {
+    pub fn new(race: bool, seed: u64) -> Self {
         Nat {
-            public_ip,
             race,
             timeout: Some(secs(30)),
             flows: HashMap::new(),
@@ -311,6 +309,8 @@ pub struct Sim {
     pub stats: NetStats,
     /// Datagrams the rolodex server rejected.
     pub server_drops: u64,
+    /// Print every hop to stderr (debugging a failing test).
+    pub trace: bool,
 }
 
 pub const ROLODEX_SITE: usize = 0;
@@ -337,6 +337,7 @@ impl Sim {
             cuts: HashSet::new(),
             stats: NetStats::default(),
             server_drops: 0,
+            trace: std::env::var_os("SIM_TRACE").is_some(),
         };
         let IpAddr::V4(ip) = ROLODEX.ip() else { unreachable!() };
         sim.push_site(ip, None, None);
@@ -361,7 +362,11 @@ impl Sim {
 
     fn push_site(&mut self, public_ip: Ipv4Addr, lan: Option<[u8; 3]>, nat: Option<Nat>) -> usize {
         let i = self.sites.len();
-        let lan_latency = if lan.is_some() { Duration::from_micros(self.rng.random_range(200..=1000)) } else { Duration::ZERO };
+        let lan_latency = if lan.is_some() {
+            Duration::from_micros(self.rng.random_range(200..=1000))
+        } else {
+            Duration::ZERO
+        };
         self.sites.push(Site { public_ip, lan, nat, lan_latency, next_host: 10 });
         let (lo, hi) = (self.latency.0.as_micros() as u64, self.latency.1.as_micros() as u64);
         let row: Vec<Duration> =
@@ -377,7 +382,7 @@ impl Sim {
     pub fn add_nat_site(&mut self, lan: [u8; 3], race: bool) -> usize {
         let ip = Ipv4Addr::new(203, 0, 113, self.sites.len() as u8);
         let seed = self.rng.random();
-        self.push_site(ip, Some(lan), Some(Nat::new(ip, race, seed)))
+        self.push_site(ip, Some(lan), Some(Nat::new(race, seed)))
     }
 
     /// A host with a public address of its own (no NAT, no firewall).
@@ -392,7 +397,13 @@ impl Sim {
         self.add_host_with(site, name, port, |_| {})
     }
 
-    pub fn add_host_with(&mut self, site: usize, name: &str, port: u16, f: impl FnOnce(&mut EngineConfig)) -> usize {
+    pub fn add_host_with(
+        &mut self,
+        site: usize,
+        name: &str,
+        port: u16,
+        f: impl FnOnce(&mut EngineConfig),
+    ) -> usize {
         let s = &mut self.sites[site];
         let lan = s.lan.expect("hosts behind a NAT need a NAT site");
         let ip = Ipv4Addr::new(lan[0], lan[1], lan[2], s.next_host);
@@ -400,7 +411,13 @@ impl Sim {
         self.add_host_at(site, name, SocketAddr::new(IpAddr::V4(ip), port), f)
     }
 
-    fn add_host_at(&mut self, site: usize, name: &str, local: SocketAddr, f: impl FnOnce(&mut EngineConfig)) -> usize {
+    fn add_host_at(
+        &mut self,
+        site: usize,
+        name: &str,
+        local: SocketAddr,
+        f: impl FnOnce(&mut EngineConfig),
+    ) -> usize {
         let i = self.hosts.len();
         let overlay = Ipv4Addr::new(100, 64, 0, i as u8 + 1);
         let mut cfg = config(name, overlay, vec![local]);
@@ -466,7 +483,9 @@ impl Sim {
         let host = &self.hosts[h];
         let site = &self.sites[host.site];
         match &site.nat {
-            Some(nat) => nat.mapping(host.local, remote).map(|p| SocketAddr::new(IpAddr::V4(site.public_ip), p)),
+            Some(nat) => {
+                nat.mapping(host.local, remote).map(|p| SocketAddr::new(IpAddr::V4(site.public_ip), p))
+            }
             None => Some(host.local),
         }
     }
@@ -503,6 +522,12 @@ impl Sim {
     // -----------------------------------------------------------------------------------------------------
     // Packet movement
 
+    fn log(&self, what: std::fmt::Arguments<'_>) {
+        if self.trace {
+            eprintln!("{:>12.3?} {what}", self.elapsed());
+        }
+    }
+
     fn site_of_ip(&self, ip: IpAddr) -> Option<usize> {
         let IpAddr::V4(ip) = ip else { return None };
         self.sites.iter().position(|s| s.public_ip == ip)
@@ -519,6 +544,7 @@ impl Sim {
     fn schedule(&mut self, delay: Duration, f: Flight) {
         if self.loss > 0.0 && self.rng.random_bool(self.loss) {
             self.stats.lost += 1;
+            self.log(format_args!("  lost {} -> {} {:?}", f.src, f.dst, f.hop));
             return;
         }
         if self.dup > 0.0 && self.rng.random_bool(self.dup) {
@@ -543,14 +569,12 @@ impl Sim {
     /// Host `h` sends a datagram from its socket.
     pub fn send_from(&mut self, h: usize, dst: SocketAddr, payload: Vec<u8>, ttl: Option<u32>) {
         let host = &self.hosts[h];
-        if std::env::var("SIM_TRACE").is_ok() && self.stats.sent > 199_990 {
-            eprintln!("{:?} {} -> {dst} ttl={ttl:?} {:02x?}", self.elapsed(), host.name, &payload[..payload.len().min(24)]);
-        }
         if host.unplugged {
             return;
         }
         self.stats.sent += 1;
         let (site, src) = (host.site, host.local);
+        self.log(format_args!("{} {src} -> {dst} ttl={ttl:?} {}", host.name, kind(&payload)));
         let ttl = ttl.unwrap_or(64);
         if dst == src {
             // Loopback.
@@ -603,6 +627,9 @@ impl Sim {
                 let nat = s.nat.as_mut().expect("NAT site");
                 let port = nat.outbound(f.src, f.dst, self.now);
                 let src = SocketAddr::new(IpAddr::V4(s.public_ip), port);
+                if port != f.src.port() {
+                    self.log(format_args!("  NAT{site} {} -> {src} (to {})", f.src, f.dst));
+                }
                 self.to_core(site, src, f.dst, f.ttl, f.payload);
             }
             Hop::Edge => {
@@ -618,7 +645,15 @@ impl Sim {
                             let d = s.lan_latency;
                             self.schedule(d, Flight { dst: inside, hop: Hop::Host(site), ..f });
                         }
-                        None => self.stats.filtered += 1,
+                        None => {
+                            self.stats.filtered += 1;
+                            self.log(format_args!(
+                                "  NAT{site} filtered {} -> {} {}",
+                                f.src,
+                                f.dst,
+                                kind(&f.payload)
+                            ));
+                        }
                     },
                     None => self.deliver_host(site, f.src, f.dst, f.payload),
                 }
@@ -790,7 +825,9 @@ impl Sim {
     pub fn app_packet(&mut self, a: usize, b: usize) -> Vec<u8> {
         let n = self.rng.random_range(0..200);
         let mut payload: Vec<u8> = (0..n).map(|_| self.rng.random()).collect();
-        payload.extend_from_slice(format!("{}->{} #{}", self.hosts[a].name, self.hosts[b].name, self.app_seq).as_bytes());
+        payload.extend_from_slice(
+            format!("{}->{} #{}", self.hosts[a].name, self.hosts[b].name, self.app_seq).as_bytes(),
+        );
         self.app_seq += 1;
         ipv4_packet(self.hosts[a].overlay, self.hosts[b].overlay, &payload)
     }
@@ -833,6 +870,17 @@ impl Sim {
 
     pub fn rng(&mut self) -> &mut StdRng {
         &mut self.rng
+    }
+}
+
+fn kind(p: &[u8]) -> &'static str {
+    match p.first() {
+        Some(0x01) => "data",
+        Some(0x02) => "ping",
+        Some(0x03) => "pong",
+        Some(20..=25) => "dtls",
+        Some(0x52) => "rolodex",
+        _ => "?",
     }
 }
 
