@@ -299,20 +299,18 @@ pub fn handle_probe(e: &mut Engine, now: Instant, src: SocketAddr, buf: &[u8]) {
         restart(e, slot, now);
         return;
     }
-    match p.state {
-        LinkState::Punching => {
-            tracing::info!(peer = %p.name, path = %src, rtt = ?p.stats.rtt, "path confirmed");
-            p.endpoint = Some(src);
-            p.state = LinkState::Handshaking;
-            p.since = now;
-            let client = p.role == Role::Client;
-            e.by_addr.insert(src, slot);
-            if client {
-                start_client_handshake(e, slot, now);
-            }
+    // Otherwise the pong only measured the RTT: liveness comes from session traffic (the keepalive in
+    // `handle_timeout`), since any member can answer a ping.
+    if p.state == LinkState::Punching {
+        tracing::info!(peer = %p.name, path = %src, rtt = ?p.stats.rtt, "path confirmed");
+        p.endpoint = Some(src);
+        p.state = LinkState::Handshaking;
+        p.since = now;
+        let client = p.role == Role::Client;
+        e.by_addr.insert(src, slot);
+        if client {
+            start_client_handshake(e, slot, now);
         }
-        // RTT only: liveness comes from session traffic (see the keepalive in `handle_timeout`).
-        _ => {}
     }
 }
 

@@ -255,7 +255,7 @@ pub struct Host {
 enum Hop {
     /// Arrives at the router of this site from its LAN.
     NatOut(usize),
-    /// Arrives at the destination's edge from the core, sent by site `from`.
+    /// Arrives from the core at the router (or public host, or rolodex) that owns the destination IP.
     Edge,
     /// Arrives at a host's socket at this site.
     Host(usize),
@@ -589,12 +589,12 @@ impl Sim {
                 self.schedule(lan_latency, Flight { src, dst, ttl, payload, hop: Hop::NatOut(site) });
             }
         } else {
-            self.to_core(site, src, dst, ttl, payload);
+            self.forward(site, src, dst, ttl, payload);
         }
     }
 
     /// A packet leaves `site` for the core with public source `src`.
-    fn to_core(&mut self, site: usize, src: SocketAddr, dst: SocketAddr, ttl: u32, payload: Vec<u8>) {
+    fn forward(&mut self, site: usize, src: SocketAddr, dst: SocketAddr, ttl: u32, payload: Vec<u8>) {
         if ttl < 3 {
             self.stats.ttl_expired += 1;
             return;
@@ -630,7 +630,7 @@ impl Sim {
                 if port != f.src.port() {
                     self.log(format_args!("  NAT{site} {} -> {src} (to {})", f.src, f.dst));
                 }
-                self.to_core(site, src, f.dst, f.ttl, f.payload);
+                self.forward(site, src, f.dst, f.ttl, f.payload);
             }
             Hop::Edge => {
                 let Some(site) = self.site_of_ip(f.dst.ip()) else { return };
@@ -684,7 +684,7 @@ impl Sim {
         }
         for t in out {
             self.stats.sent += 1;
-            self.to_core(ROLODEX_SITE, ROLODEX, t.dst, 64, t.payload);
+            self.forward(ROLODEX_SITE, ROLODEX, t.dst, 64, t.payload);
         }
     }
 
