@@ -110,6 +110,8 @@ pub struct Engine {
     probe_key: ProbeKey,
     clients: Vec<Client>,
     reflexive: Option<SocketAddr>,
+    /// Our address as each rolodex last saw it: a change means our NAT rebound.
+    client_reflexive: Vec<Option<SocketAddr>>,
     peers: Vec<Option<Peer>>,
     by_name: HashMap<String, usize>,
     /// Addresses a peer's datagrams arrive from: candidates, endpoints, sources of authentic probes.
@@ -150,6 +152,7 @@ impl Engine {
             incarnation,
             clients,
             reflexive: None,
+            client_reflexive: vec![None; cfg.rolodexes.len()],
             peers: Vec::new(),
             by_name: HashMap::new(),
             by_addr: HashMap::new(),
@@ -300,6 +303,12 @@ impl Engine {
             tracing::info!(peer = %peer.name, from = ?peer.endpoint, to = %src, "peer roamed");
             peer.endpoint = Some(src);
             self.by_addr.insert(src, slot);
+            // Answer at once, so a peer checking its new address hears back without waiting a keepalive.
+            let mut ka = [0u8; crypto::OVERHEAD];
+            let tx_index = peer.tx_index;
+            if let Some(n) = peer.session.as_mut().and_then(|s| s.seal(&mut ka, 0, tx_index).ok()) {
+                self.out.push_back(Transmit { dst: src, payload: ka[..n].to_vec(), ttl: None });
+            }
         }
         if range.is_empty() {
             return Inbound::Done;
@@ -332,6 +341,11 @@ impl Engine {
         while let Some(ev) = self.clients[i].poll_event() {
             match ev {
                 Event::Registered { reflexive } => {
+                    let before = self.client_reflexive[i].replace(reflexive);
+                    if before.is_some_and(|b| b != reflexive) {
+                        tracing::warn!(rolodex = %self.clients[i].server(), from = ?before, to = %reflexive, "our public address changed");
+                        link::on_own_address_changed(self, now);
+                    }
                     if self.reflexive != Some(reflexive) {
                         tracing::info!(rolodex = %self.clients[i].server(), %reflexive, "registered");
                         self.reflexive = Some(reflexive);
@@ -345,6 +359,7 @@ impl Engine {
                 }
                 Event::Peer { entry, introduce } => link::on_peer(self, i, &entry, introduce, now, wall_us),
                 Event::Gone { name, incarnation } => link::on_gone(self, i, &name, incarnation),
+                Event::PeerReady { name } => link::on_peer_ready(self, &name, now, wall_us),
             }
         }
     }

@@ -73,6 +73,16 @@ pub struct Peer {
     pub next_ping: Instant,
     pub ping_interval: Duration,
     pub low_ttl_sent: bool,
+    /// The peer said (via the rolodex) that its NAT has a mapping toward us.
+    pub peer_ready: bool,
+    /// An authentic probe from the peer arrived during this attempt.
+    pub contact: bool,
+    /// When to repeat our low-TTL probes and Ready while there is no contact.
+    pub next_ready: Instant,
+    /// Normal probe rounds sent since the peer said it was ready, without contact.
+    pub rounds_without_contact: u32,
+    /// Our public address changed: unless the peer is heard from after `.0`, the link is dead at `.1`.
+    pub suspect: Option<(Instant, Instant)>,
     pub pings: [Option<PendingPing>; 8],
     pub handshake: Option<Handshake>,
     /// Whether `handshake`'s result has been installed as `session`.
@@ -114,6 +124,11 @@ impl Peer {
             next_ping: now,
             ping_interval: Duration::ZERO,
             low_ttl_sent: false,
+            peer_ready: false,
+            contact: false,
+            next_ready: now,
+            rounds_without_contact: 0,
+            suspect: None,
             pings: [None; 8],
             handshake: None,
             handshake_installed: false,

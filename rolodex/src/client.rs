@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use crate::net::IpNet;
 use crate::proto::{self, Body, FrameError, FrameKey, Listing, Message, PeerEntry, Register};
-use crate::replay::{SeqClock, acceptable};
+use crate::replay::{SeqClock, SeqWindow};
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -39,6 +39,8 @@ pub enum Event {
     Gone { name: String, incarnation: u64 },
     /// No answer for three heartbeat intervals.
     Unreachable,
+    /// `name` has opened its NAT mapping toward us: our normal probes may go now.
+    PeerReady { name: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,7 +58,7 @@ pub struct Client {
     server: SocketAddr,
     key: FrameKey,
     seq: SeqClock,
-    last_rx_seq: u64,
+    rx_seqs: SeqWindow,
     rng: StdRng,
     heartbeat: Duration,
     next_register: Instant,
@@ -69,9 +71,12 @@ pub struct Client {
     grace_until: Option<Instant>,
     reflexive: Option<SocketAddr>,
     view: HashMap<String, PeerEntry>,
+    /// Sequence number of the frame that last added, changed or removed each peer: frames reordered in
+    /// flight must not undo newer news.
+    news: HashMap<String, u64>,
     digest: u64,
     /// Names seen so far per complete listing in progress, and which pages arrived.
-    listings: HashMap<u32, (HashSet<String>, HashSet<u16>)>,
+    listings: HashMap<u32, (HashSet<String>, HashSet<u16>, u64)>,
     out: VecDeque<Vec<u8>>,
     events: VecDeque<Event>,
 }
@@ -93,7 +98,7 @@ impl Client {
             server,
             key: FrameKey::new(network, key),
             seq: SeqClock::default(),
-            last_rx_seq: 0,
+            rx_seqs: SeqWindow::default(),
             rng: StdRng::seed_from_u64(seed),
             next_register: now,
             retry: FIRST_RETRY,
@@ -103,6 +108,7 @@ impl Client {
             grace_until: None,
             reflexive: None,
             view: HashMap::new(),
+            news: HashMap::new(),
             digest: 0,
             listings: HashMap::new(),
             out: VecDeque::new(),
@@ -139,12 +145,16 @@ impl Client {
         self.send(wall_us, Body::Connect { peer: peer.to_string() });
     }
 
+    /// Tells `peer` (through the rolodex) that our NAT now has a mapping toward it.
+    pub fn send_ready(&mut self, wall_us: u64, peer: &str) {
+        self.send(wall_us, Body::Ready { peer: peer.to_string() });
+    }
+
     pub fn handle(&mut self, now: Instant, wall_us: u64, data: &[u8]) -> Result<(), ClientError> {
         let msg = self.key.open(data)?;
-        if !msg.sender.is_empty() || !acceptable(msg.seq, self.last_rx_seq, wall_us, self.cfg.freshness) {
+        if !msg.sender.is_empty() || !self.rx_seqs.accept(msg.seq, wall_us, self.cfg.freshness) {
             return Err(ClientError::Replay);
         }
-        self.last_rx_seq = msg.seq;
         match msg.body {
             Body::Ack(ack) => {
                 self.last_ack = Some(now);
@@ -166,22 +176,37 @@ impl Client {
             }
             Body::Peers { introduce, listing, entries } => {
                 for e in &entries {
-                    self.upsert(e.clone(), introduce);
+                    if self.newer(&e.name, msg.seq) {
+                        self.upsert(e.clone(), introduce);
+                    }
                 }
                 if let Some(l) = listing {
-                    self.listing_page(now, l, entries.iter().map(|e| e.name.clone()));
+                    self.listing_page(now, msg.seq, l, entries.iter().map(|e| e.name.clone()));
                 }
             }
             Body::Gone { peers } => {
                 for (name, inc) in peers {
-                    if self.view.get(&name).is_some_and(|e| e.incarnation == inc) {
+                    if self.view.get(&name).is_some_and(|e| e.incarnation == inc)
+                        && self.newer(&name, msg.seq)
+                    {
                         self.remove(&name);
                     }
                 }
             }
+            Body::Ready { peer } => self.events.push_back(Event::PeerReady { name: peer }),
             _ => return Err(ClientError::Unexpected),
         }
         Ok(())
+    }
+
+    /// Records that a frame numbered `seq` speaks about `name`; false if newer news already arrived.
+    fn newer(&mut self, name: &str, seq: u64) -> bool {
+        let last = self.news.entry(name.to_string()).or_insert(0);
+        if seq < *last {
+            return false;
+        }
+        *last = seq;
+        true
     }
 
     fn upsert(&mut self, entry: PeerEntry, introduce: bool) {
@@ -205,22 +230,30 @@ impl Client {
     }
 
     /// Once every page of a complete listing has arrived, peers it lacks are gone.
-    fn listing_page(&mut self, now: Instant, l: Listing, names: impl Iterator<Item = String>) {
+    fn listing_page(&mut self, now: Instant, seq: u64, l: Listing, names: impl Iterator<Item = String>) {
         // Bound memory if pages of many listings are lost.
         if self.listings.len() > 8 {
             self.listings.clear();
         }
-        let (seen, pages) = self.listings.entry(l.id).or_default();
+        let (seen, pages, first_seq) =
+            self.listings.entry(l.id).or_insert_with(|| (HashSet::new(), HashSet::new(), seq));
         seen.extend(names);
         pages.insert(l.page);
+        *first_seq = (*first_seq).min(seq);
         if pages.len() < usize::from(l.pages) {
             return;
         }
-        let Some((seen, _)) = self.listings.remove(&l.id) else { return };
+        let Some((seen, _, first_seq)) = self.listings.remove(&l.id) else { return };
         if self.grace_until.is_some_and(|t| now < t) {
             return;
         }
-        let stale: Vec<String> = self.view.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        // A peer the listing lacks is gone, unless we heard of it after the listing was made.
+        let stale: Vec<String> = self
+            .view
+            .keys()
+            .filter(|k| !seen.contains(*k) && self.news.get(*k).is_none_or(|s| *s < first_seq))
+            .cloned()
+            .collect();
         for name in stale {
             self.remove(&name);
         }

@@ -87,6 +87,9 @@ pub enum Body {
     Sync,
     /// Member -> rolodex: introduce me and `peer` to each other again (both punch).
     Connect { peer: String },
+    /// Member -> rolodex: "my NAT now has a mapping toward `peer`" (low-TTL probes sent); forwarded to `peer`
+    /// with `peer` set to the sender. Its normal probes can then no longer race ahead of our mapping.
+    Ready { peer: String },
 }
 
 impl Body {
@@ -98,6 +101,7 @@ impl Body {
             Body::Gone { .. } => 4,
             Body::Sync => 5,
             Body::Connect { .. } => 6,
+            Body::Ready { .. } => 7,
         }
     }
 }
@@ -237,7 +241,7 @@ fn encode_body(w: &mut Writer, msg: &Message) {
             w.u64(*inc);
         }),
         Body::Sync => {}
-        Body::Connect { peer } => w.str(peer),
+        Body::Connect { peer } | Body::Ready { peer } => w.str(peer),
     }
 }
 
@@ -324,6 +328,7 @@ fn decode_body(buf: &[u8]) -> Result<Message, DecodeError> {
         4 => Body::Gone { peers: r.list(255, "peer count", |r| Ok((decode_name(r)?, r.u64()?)))? },
         5 => Body::Sync,
         6 => Body::Connect { peer: decode_name(&mut r)? },
+        7 => Body::Ready { peer: decode_name(&mut r)? },
         _ => return Err(DecodeError::Invalid("message kind")),
     };
     r.finish()?;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use crate::proto::{self, Ack, Body, FrameKey, Listing, Message, PeerEntry, Register};
-use crate::replay::{SeqClock, acceptable};
+use crate::replay::{SeqClock, SeqWindow};
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -69,7 +69,7 @@ impl Drop {
 
 struct Member {
     entry: PeerEntry,
-    last_seq: u64,
+    seqs: SeqWindow,
     last_seen: Instant,
 }
 
@@ -144,12 +144,12 @@ impl Server {
         if msg.sender.is_empty() {
             return Err(Drop::Unexpected);
         }
-        let last = match (net.members.get(&msg.sender), net.tombstones.get(&msg.sender)) {
-            (Some(m), _) => m.last_seq,
-            (None, Some((seq, _))) => *seq,
-            (None, None) => 0,
+        let fresh = match (net.members.get_mut(&msg.sender), net.tombstones.get(&msg.sender)) {
+            (Some(m), _) => m.seqs.accept(msg.seq, wall_us, self.cfg.freshness),
+            (None, Some((seq, _))) => SeqWindow::after(*seq).accept(msg.seq, wall_us, self.cfg.freshness),
+            (None, None) => SeqWindow::default().accept(msg.seq, wall_us, self.cfg.freshness),
         };
-        if !acceptable(msg.seq, last, wall_us, self.cfg.freshness) {
+        if !fresh {
             return Err(Drop::Replay);
         }
         let network = name.to_string();
@@ -158,12 +158,14 @@ impl Server {
                 self.register(&network, now, wall_us, src, msg.sender, msg.seq, reg);
                 Ok(())
             }
-            Body::Sync | Body::Connect { .. } => {
+            Body::Sync | Body::Connect { .. } | Body::Ready { .. } => {
                 let net = self.networks.get_mut(&network).ok_or(Drop::UnknownNetwork)?;
-                let m = net.members.get_mut(&msg.sender).ok_or(Drop::UnknownMember)?;
-                m.last_seq = msg.seq;
+                if !net.members.contains_key(&msg.sender) {
+                    return Err(Drop::UnknownMember);
+                }
                 match msg.body {
                     Body::Connect { peer } => self.connect(&network, wall_us, &msg.sender, &peer),
+                    Body::Ready { peer } => self.forward_ready(&network, wall_us, &msg.sender, &peer),
                     _ => self.send_listing(&network, wall_us, &msg.sender, false),
                 }
                 Ok(())
@@ -195,7 +197,6 @@ impl Server {
         net.tombstones.remove(&sender);
         let changed = match net.members.get_mut(&sender) {
             Some(m) => {
-                m.last_seq = seq;
                 m.last_seen = now;
                 if m.entry == entry {
                     false
@@ -207,8 +208,10 @@ impl Server {
             }
             None => {
                 net.digest ^= hash_of(&entry);
-                net.members
-                    .insert(sender.clone(), Member { entry: entry.clone(), last_seq: seq, last_seen: now });
+                net.members.insert(
+                    sender.clone(),
+                    Member { entry: entry.clone(), seqs: SeqWindow::starting_at(seq), last_seen: now },
+                );
                 true
             }
         };
@@ -260,6 +263,16 @@ impl Server {
             eb.reflexive,
             Body::Peers { introduce: true, listing: None, entries: vec![ea] },
         );
+    }
+
+    fn forward_ready(&mut self, network: &str, wall_us: u64, from: &str, to: &str) {
+        let Some(dst) = self.networks.get(network).and_then(|n| n.members.get(to)).map(|m| m.entry.reflexive)
+        else {
+            return;
+        };
+        if from != to {
+            self.send(network, wall_us, dst, Body::Ready { peer: from.to_string() });
+        }
     }
 
     /// Sends `to` every other member, in pages that each fit one frame.
@@ -334,7 +347,7 @@ impl Server {
             for name in dead {
                 if let Some(m) = net.members.remove(&name) {
                     net.digest ^= hash_of(&m.entry);
-                    net.tombstones.insert(name.clone(), (m.last_seq, now));
+                    net.tombstones.insert(name.clone(), (m.seqs.last(), now));
                     gone.push((name, m.entry.incarnation));
                 }
             }

@@ -2,8 +2,10 @@
 //!
 //! Punching opens our own NAT mapping first with probes whose TTL lets them leave our NAT but expire
 //! before the peer's: Linux conntrack gives a host a different public port when the peer's probe reaches
-//! our router before our own outbound mapping exists, so the peer's normal probes go out only after the
-//! low-TTL ones have had time to create it.
+//! our router before our own outbound mapping exists. After the low-TTL probes each side tells the other,
+//! through the rolodex, that its mapping exists (`Ready`); normal probes go out only once the peer is ready
+//! (or has reached us directly), so they can never arrive before the mapping they need. Low-TTL probes and
+//! Ready repeat until there is contact, so a lost introduction, probe or Ready only delays the link.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,13 +21,27 @@ use crate::dtls::{self, Handshake, Role};
 use crate::peer::{LinkState, Peer, PendingPing};
 use crate::probe::Probe;
 
-/// Wait between the low-TTL probes and the first normal ones.
-const LOW_TTL_LEAD: Duration = Duration::from_millis(150);
+/// With no rolodex answering (so no Ready can come), normal probes start after this anyway.
+const READY_FALLBACK: Duration = Duration::from_secs(3);
+/// Repeat low-TTL probes and Ready this often until the peer is heard.
+const READY_REPEAT: Duration = Duration::from_secs(1);
+/// Low-TTL probes per candidate per round: a lost one must not leave the mapping unopened.
+const LOW_TTL_COPIES: usize = 2;
+/// Probe interval cap once the peer is ready: contact should follow within a few round trips.
+const READY_PING_INTERVAL: Duration = Duration::from_millis(500);
+/// Rounds of probes to a ready peer without any answer before concluding a NAT holds stale state.
+const MAX_ROUNDS_WITHOUT_CONTACT: u32 = 8;
+/// Silence that lets every stale NAT entry (Linux conntrack: 30 s for UDP) expire.
+const QUIET: Duration = Duration::from_secs(35);
+/// After our public address changed, how long a peer has to answer before the link counts as dead.
+const SUSPECT: Duration = Duration::from_secs(3);
 const FIRST_PING_INTERVAL: Duration = Duration::from_millis(200);
 const MAX_PING_INTERVAL: Duration = Duration::from_secs(2);
 const PUNCH_TIMEOUT: Duration = Duration::from_secs(15);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(30);
+/// Longer than conntrack's 30 s UDP timeout, so a failing pair eventually goes quiet long enough for stale NAT
+/// entries to expire.
+const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(35);
 
 fn dead_after(e: &Engine) -> Duration {
     e.cfg.keepalive * 2 + Duration::from_secs(5)
@@ -98,8 +114,11 @@ pub fn on_peer(
         tracing::info!(peer = %p.name, "peer restarted; new handshake");
         p.incarnation = entry.incarnation;
         restart(e, slot, now);
-    } else if introduce && !p.is_up() {
+    } else if introduce && p.state == LinkState::Down {
         restart(e, slot, now);
+    } else if introduce && p.state == LinkState::Punching {
+        // A new introduction gives the attempt its full time again; what it learnt so far stays.
+        p.since = now;
     }
     finish_update(e, slot);
 }
@@ -147,8 +166,38 @@ pub fn restart(e: &mut Engine, slot: usize, now: Instant) {
     p.handshake_random = None;
     p.session = None;
     p.low_ttl_sent = false;
+    p.peer_ready = false;
+    p.contact = false;
+    p.next_ready = now;
+    p.rounds_without_contact = 0;
+    p.suspect = None;
     p.next_ping = now;
     p.ping_interval = FIRST_PING_INTERVAL;
+}
+
+/// Session keepalive (design.md: empty plaintext): only it proves to the peer that this session is alive
+/// (pongs are signed with the network-wide probe key and may come from a peer that dropped the session),
+/// and it lets the peer follow a NAT rebinding.
+pub fn send_keepalive(e: &mut Engine, slot: usize) {
+    let Some(p) = peer_mut(e, slot) else { return };
+    let Some(ep) = p.endpoint else { return };
+    let mut ka = [0u8; crate::crypto::OVERHEAD];
+    let sealed = p.session.as_mut().and_then(|s| s.seal(&mut ka, 0, p.tx_index).ok());
+    if let Some(n) = sealed {
+        e.out.push_back(Transmit { dst: ep, payload: ka[..n].to_vec(), ttl: None });
+    }
+}
+
+/// Our public address changed (NAT rebinding): tell every peer at once from the new address, and if one
+/// does not answer within [`SUSPECT`], relink with it rather than waiting for the dead-peer timeout.
+pub fn on_own_address_changed(e: &mut Engine, now: Instant) {
+    for slot in 0..e.peers.len() {
+        let Some(p) = peer_mut(e, slot) else { continue };
+        if p.state == LinkState::Up {
+            p.suspect = Some((now, now + SUSPECT));
+            send_keepalive(e, slot);
+        }
+    }
 }
 
 pub fn poll_timeout(p: &Peer) -> Instant {
@@ -160,7 +209,10 @@ pub fn poll_timeout(p: &Peer) -> Instant {
             hs().map_or(limit, |t| t.min(limit)).min(p.next_ping)
         }
         LinkState::Up => {
-            let t = p.next_keepalive.min(p.last_rx + p.dead_after);
+            let mut t = p.next_keepalive.min(p.last_rx + p.dead_after);
+            if let Some((_, dead)) = p.suspect {
+                t = t.min(dead);
+            }
             match &p.handshake {
                 Some(h) if !h.is_established() => hs().map_or(t, |h| h.min(t)),
                 _ => t,
@@ -182,7 +234,6 @@ fn send_ping(e: &mut Engine, slot: usize, dst: SocketAddr, now: Instant, ttl: Op
 }
 
 pub fn handle_timeout(e: &mut Engine, slot: usize, now: Instant, wall_us: u64) {
-    let punch_ttl = e.cfg.punch_ttl;
     let keepalive = e.cfg.keepalive;
     let Some(p) = peer_mut(e, slot) else { return };
     match p.state {
@@ -191,22 +242,13 @@ pub fn handle_timeout(e: &mut Engine, slot: usize, now: Instant, wall_us: u64) {
             p.state = LinkState::Down;
             p.next_connect_request = now + p.connect_backoff;
         }
-        LinkState::Punching | LinkState::Handshaking if now >= p.next_ping => {
-            let candidates = match (p.state, p.endpoint) {
-                (LinkState::Handshaking, Some(ep)) => vec![ep],
-                _ => p.candidates.clone(),
-            };
-            let ttl = if p.low_ttl_sent {
-                p.next_ping = now + p.ping_interval;
-                p.ping_interval = (p.ping_interval * 2).min(MAX_PING_INTERVAL);
-                None
-            } else {
-                p.low_ttl_sent = true;
-                p.next_ping = now + LOW_TTL_LEAD;
-                Some(punch_ttl)
-            };
-            for c in candidates {
-                send_ping(e, slot, c, now, ttl);
+        LinkState::Punching if now >= p.next_ping => punch(e, slot, now, wall_us),
+        LinkState::Handshaking if now >= p.next_ping => {
+            // Keep the chosen path's mappings fresh while the handshake runs.
+            p.next_ping = now + p.ping_interval;
+            p.ping_interval = (p.ping_interval * 2).min(MAX_PING_INTERVAL);
+            if let Some(ep) = p.endpoint {
+                send_ping(e, slot, ep, now, None);
             }
             handshake_timers(e, slot, now, wall_us);
         }
@@ -217,18 +259,20 @@ pub fn handle_timeout(e: &mut Engine, slot: usize, now: Instant, wall_us: u64) {
             p.session = None;
             p.next_connect_request = now;
         }
+        LinkState::Up if p.suspect.is_some_and(|(since, dead)| p.last_rx <= since && now >= dead) => {
+            tracing::warn!(peer = %p.name, "no answer after our address changed; relinking");
+            p.state = LinkState::Down;
+            p.session = None;
+            p.next_connect_request = now;
+        }
         LinkState::Up => {
+            if p.suspect.is_some_and(|(since, _)| p.last_rx > since) {
+                p.suspect = None;
+            }
             if now >= p.next_keepalive {
                 p.next_keepalive = now + keepalive;
                 if let Some(ep) = p.endpoint {
-                    // Session keepalive (design.md: empty plaintext): only it proves to the peer that this
-                    // session is alive (pongs are signed with the network-wide probe key and come from a
-                    // peer that may have dropped the session), and it lets the peer follow a NAT rebinding.
-                    let mut ka = [0u8; crate::crypto::OVERHEAD];
-                    let sealed = p.session.as_mut().and_then(|s| s.seal(&mut ka, 0, p.tx_index).ok());
-                    if let Some(n) = sealed {
-                        e.out.push_back(Transmit { dst: ep, payload: ka[..n].to_vec(), ttl: None });
-                    }
+                    send_keepalive(e, slot);
                     send_ping(e, slot, ep, now, None);
                 }
             }
@@ -245,6 +289,87 @@ pub fn handle_timeout(e: &mut Engine, slot: usize, now: Instant, wall_us: u64) {
             restart(e, slot, now);
         }
         _ => {}
+    }
+}
+
+/// One punching step: open our mapping (low TTL) and say so, then probe normally once the peer is ready.
+fn punch(e: &mut Engine, slot: usize, now: Instant, wall_us: u64) {
+    let rolodex_up = e.clients.iter().any(|c| c.is_registered());
+    let punch_ttl = e.cfg.punch_ttl;
+    let Some(p) = peer_mut(e, slot) else { return };
+    let candidates = p.candidates.clone();
+    let name = p.name.clone();
+    let open = !p.low_ttl_sent || (!p.contact && now >= p.next_ready);
+    if open {
+        p.low_ttl_sent = true;
+        p.next_ready = now + READY_REPEAT;
+        for c in &candidates {
+            for _ in 0..LOW_TTL_COPIES {
+                send_ping(e, slot, *c, now, Some(punch_ttl));
+            }
+        }
+        // To every rolodex, registered or not: the introduction came from one of them.
+        for c in &mut e.clients {
+            c.send_ready(wall_us, &name);
+        }
+    }
+    let Some(p) = peer_mut(e, slot) else { return };
+    // While a rolodex answers, wait for the peer's Ready however long it takes (it repeats; a peer that
+    // never got our introduction asks for a new one when our Ready reaches it). Probing early would let a
+    // probe reach the peer's NAT before its mapping exists, which spoils that mapping for 30 s.
+    let go = p.peer_ready || p.contact || (!rolodex_up && now >= p.since + READY_FALLBACK);
+    if go {
+        if p.peer_ready && !p.contact {
+            p.rounds_without_contact += 1;
+            if p.rounds_without_contact > MAX_ROUNDS_WITHOUT_CONTACT {
+                // Both NATs are open toward each other, yet nothing passes: a NAT holds a stale entry
+                // (a probe that arrived before its mapping existed). Go quiet until it expires.
+                tracing::warn!(peer = %p.name, quiet = ?QUIET, "probes do not get through; waiting for stale NAT state to expire");
+                p.state = LinkState::Down;
+                p.next_connect_request = now + QUIET;
+                return;
+            }
+        }
+        let cap = if p.peer_ready { READY_PING_INTERVAL } else { MAX_PING_INTERVAL };
+        p.next_ping = (now + p.ping_interval).min(p.next_ready.max(now + Duration::from_millis(1)));
+        p.ping_interval = (p.ping_interval * 2).min(cap);
+        for c in candidates {
+            send_ping(e, slot, c, now, None);
+        }
+    } else {
+        let fallback = if rolodex_up { p.next_ready } else { p.since + READY_FALLBACK };
+        p.next_ping = p.next_ready.min(fallback).max(now + Duration::from_millis(1));
+    }
+}
+
+/// The peer opened its mapping toward us; if we do not know it yet, our introduction was lost: ask again.
+pub fn on_peer_ready(e: &mut Engine, name: &str, now: Instant, wall_us: u64) {
+    match e.by_name.get(name).copied() {
+        Some(slot) => {
+            // A peer that punches toward us while our link is up has lost the link (its address changed
+            // or its session died): start over together. A Ready older than the link itself is ignored.
+            let relink = peer_mut(e, slot)
+                .is_some_and(|p| p.state == LinkState::Up && now >= p.since + Duration::from_secs(2));
+            if relink {
+                tracing::info!(peer = name, "peer is punching toward us; relinking");
+                restart(e, slot, now);
+            }
+            if let Some(p) = peer_mut(e, slot)
+                && p.state == LinkState::Punching
+            {
+                p.peer_ready = true;
+                if p.low_ttl_sent {
+                    p.next_ping = now;
+                }
+            }
+        }
+        None => {
+            for c in &mut e.clients {
+                if c.is_registered() {
+                    c.request_connect(wall_us, name);
+                }
+            }
+        }
     }
 }
 
@@ -279,8 +404,13 @@ pub fn handle_probe(e: &mut Engine, now: Instant, src: SocketAddr, buf: &[u8]) {
         e.out.push_back(Transmit { dst: src, payload: e.probe_key.encode(&pong), ttl: None });
         if let Some(slot) = slot {
             e.by_addr.insert(src, slot);
-            let punching =
-                peer_mut(e, slot).is_some_and(|p| p.state == LinkState::Punching && p.low_ttl_sent);
+            let punching = match peer_mut(e, slot) {
+                Some(p) if p.state == LinkState::Punching => {
+                    p.contact = true;
+                    p.low_ttl_sent
+                }
+                _ => false,
+            };
             if punching {
                 // The peer reached us: probe back at once on that path.
                 send_ping(e, slot, src, now, None);

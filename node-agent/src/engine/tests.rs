@@ -451,7 +451,6 @@ fn a_half_open_link_heals() {
 /// sent there (pinned), and the peer's packets to the old port are dropped; the link is re-made only after
 /// both sides happen to stay quiet for 30 s (seen: ~170 s).
 #[test]
-#[ignore = "known issue: rebinding between two racing NATs takes minutes to recover"]
 fn nat_rebinding_between_two_racing_nats_recovers_within_a_minute() {
     let (mut s, a, b) = two_nat_sites(72);
     connect(&mut s, &[a, b], secs(10));
@@ -643,7 +642,6 @@ fn ten_percent_loss_on_every_link_still_connects() {
 /// not synchronised, so the 30 s of silence needed to clear it come only after minutes (seen: 16 of 40
 /// seeds took 150-400 s). The other tests avoid the combination; this one keeps it reproducible.
 #[test]
-#[ignore = "known issue: racing NATs + lost introductions take minutes to connect"]
 fn ten_percent_loss_with_racing_nats_connects_within_30s() {
     let mut times = vec![];
     for seed in 0..20 {

@@ -42,6 +42,7 @@ fn samples() -> Vec<Message> {
         Body::Gone { peers: vec![("a".into(), 1), ("b".into(), 2)] },
         Body::Sync,
         Body::Connect { peer: "node-2".into() },
+        Body::Ready { peer: "node-3".into() },
     ];
     bodies
         .into_iter()

@@ -356,3 +356,52 @@ fn steady_state_traffic_is_linear_in_members() {
     let r = per_interval[2].2 / per_interval[0].2;
     assert!((3.0..5.0).contains(&r), "4x members should cost ~4x bytes, got {r:.2}x");
 }
+
+#[test]
+fn ready_is_forwarded_only_to_the_named_peer() {
+    let mut s = Sim::new(3);
+    s.run_for(Duration::from_secs(1));
+    for e in &mut s.events {
+        e.clear();
+    }
+    let wall = s.wall();
+    s.clients[0].1.send_ready(wall, "node-2");
+    s.clients[0].1.send_ready(wall, "nobody");
+    s.pump();
+    assert_eq!(s.events[2], vec![Event::PeerReady { name: "node-0".into() }]);
+    assert!(s.events[0].is_empty() && s.events[1].is_empty());
+}
+
+/// Frames overtaking each other in flight: the (empty) listing answering node-0's first register must not
+/// erase node-1 when it arrives after node-1's introduction, and the overtaken ack is still accepted (not
+/// mistaken for a replay).
+#[test]
+fn reordered_frames_neither_lose_peers_nor_acks() {
+    let mut s = Sim::new(1);
+    let now = s.now;
+    let wall = s.wall();
+    let drain = |s: &mut Sim| {
+        let mut v = vec![];
+        while let Some(t) = s.server.poll_transmit() {
+            v.push(t);
+        }
+        v
+    };
+    s.clients[0].1.handle_timeout(now, wall);
+    let reg0 = s.clients[0].1.poll_transmit().unwrap();
+    s.server.handle(now, wall, addr(0), &reg0).unwrap();
+    let first = drain(&mut s); // ack + empty listing for node-0
+    let n = s.add_client();
+    s.clients[n].1.handle_timeout(now, wall + 1000);
+    let reg1 = s.clients[n].1.poll_transmit().unwrap();
+    s.server.handle(now, wall + 1000, addr(n), &reg1).unwrap();
+    let intro: Vec<_> = drain(&mut s).into_iter().filter(|t| t.dst == addr(0)).collect();
+    assert_eq!(intro.len(), 1);
+    for t in intro.iter().chain(&first) {
+        s.clients[0].1.handle(now, wall + 2000, &t.payload).expect("reordered frame accepted");
+    }
+    assert!(s.clients[0].1.is_registered(), "the overtaken ack was dropped");
+    let peers: Vec<&str> = s.clients[0].1.peers().map(|p| p.name.as_str()).collect();
+    assert_eq!(peers, vec!["node-1"], "an old listing erased a newer introduction");
+    assert!(s.clients[0].1.handle(now, wall + 2000, &first[0].payload).is_err(), "a true replay is refused");
+}
