@@ -164,7 +164,7 @@ impl Peer {
 
     /// Whether the peer may send packets from `src` (WireGuard's allowed-ips).
     pub fn allows_source(&self, src: std::net::IpAddr) -> bool {
-        self.overlay.iter().chain(&self.routes).any(|n| n.contains(src))
+        self.overlay.iter().chain(&self.routes).any(|n| n.contains(&src))
     }
 
     pub fn is_up(&self) -> bool {

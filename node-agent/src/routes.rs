@@ -4,12 +4,11 @@
 //! routes such as pod CIDRs later); `IpNet` is the prefix type shared with the configuration; the
 //! packet helpers read addresses from raw IP headers coming out of the TUN device.
 
-mod ipnet;
 mod packet;
 mod table;
 #[cfg(test)]
 mod tests;
 
-pub use ipnet::{IpNet, IpNetError};
 pub use packet::{dst_of_packet, src_of_packet};
+pub use rolodex::net::{IpNet, IpNetError};
 pub use table::RouteTable;

@@ -28,7 +28,11 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CMD=${1:-}
 [[ $# -ge 2 ]] || { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
-mkdir -p "$2"
+if [[ "$CMD" == start ]]; then
+    mkdir -p "$2"
+elif [[ ! -d "$2" ]]; then
+    echo "control-plane: ERROR: $2 is not a directory (nothing was started there)" >&2; exit 1
+fi
 DIR=$(cd "$2" && pwd)
 shift 2
 

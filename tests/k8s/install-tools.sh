@@ -22,6 +22,9 @@ ETCD_VERSION=${ROLOMESH_ETCD_VERSION:-v3.6.16}          # highest v3.6 patch ser
 HELM_VERSION=${ROLOMESH_HELM_VERSION:-v3.19.5}          # highest v3.19 patch served when pinned
 KUBECONFORM_VERSION=${ROLOMESH_KUBECONFORM_VERSION:-v0.7.0}
 
+# Bump when the build recipe (flags, ldflags) changes, so cached binaries are rebuilt.
+RECIPE=2
+
 ALL_TOOLS="kube-apiserver kube-controller-manager kubectl etcd helm kubeconform"
 TOOLS=${ROLOMESH_K8S_TOOLS:-$ALL_TOOLS}
 CACHE_ROOT=${ROLOMESH_CACHE:-$HOME/.cache/rolomesh}
@@ -40,7 +43,8 @@ tool_version() {
         *) echo "install-tools: unknown tool '$1'" >&2; exit 2 ;;
     esac
 }
-is_done() { [[ -x "$BIN/$1" && -f "$STAMPS/$1-$(tool_version "$1")" ]]; }
+stamp_file() { echo "$STAMPS/$1-$(tool_version "$1")-r$RECIPE"; }
+is_done() { [[ -x "$BIN/$1" && -f "$(stamp_file "$1")" ]]; }
 
 # Fast path: no go, no lock, no network.
 all_done=1
@@ -69,7 +73,7 @@ staging_version="v0.$k8s_minor.$k8s_patch"
 
 stamp() { # tool
     { echo "version=$(tool_version "$1")"; echo "go=$(go env GOVERSION)"; echo "built=$(date -u +%FT%TZ)"; } \
-        >"$STAMPS/$1-$(tool_version "$1")"
+        >"$(stamp_file "$1")"
 }
 
 timed() { # label cmd... ; prints the duration
@@ -132,7 +136,7 @@ prepare_k8s_module() {
 k8s_ldflags() {
     local f="" p
     for p in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
-        f+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$k8s_minor -X $p.gitTreeState=clean"
+        f+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$k8s_minor -X $p.gitTreeState=clean -X $p.gitCommit="
     done
     echo "$f"
 }

@@ -130,9 +130,7 @@ fn finish_update(e: &mut Engine, slot: usize) {
     let addrs = p.candidates.clone();
     e.routes.retain(|_, v| v != slot);
     for n in nets {
-        if let Ok(n) = crate::routes::IpNet::new(n.addr(), n.prefix_len()) {
-            e.routes.insert(n, slot);
-        }
+        e.routes.insert(n, slot);
     }
     for a in addrs {
         e.by_addr.insert(a, slot);

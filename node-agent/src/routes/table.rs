@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::net::IpAddr;
 
-use super::ipnet::{IpNet, mask_v4, mask_v6};
+use rolodex::net::{IpNet, mask_v4, mask_v6};
 
 /// Routes from IPv4/IPv6 prefixes to a value (typically a peer handle).
 #[derive(Clone, Debug)]
