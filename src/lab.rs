@@ -2,7 +2,7 @@
 //! Shared by `rolomesh demo` and the end-to-end tests.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ pub const METRICS: &str = "127.0.0.1:9464";
 pub struct Member {
     pub host: String,
     pub overlay: Ipv4Addr,
+    pub overlay6: Ipv6Addr,
 }
 
 pub struct Lab {
@@ -26,6 +27,9 @@ pub struct Lab {
     pub dir: PathBuf,
     pub members: Vec<Member>,
     pub rolodex: Option<NsChild>,
+    /// A second, independent rolodex (port 6265) that agents also register with, when enabled.
+    pub standby: Option<NsChild>,
+    pub standby_enabled: bool,
     pub agents: HashMap<String, NsChild>,
 }
 
@@ -39,10 +43,20 @@ impl Lab {
         for (i, site) in topo.sites().iter().enumerate() {
             for (j, h) in site.hosts.iter().enumerate() {
                 let n = (i * 50 + j + 1) as u8;
-                members.push(Member { host: h.clone(), overlay: Ipv4Addr::new(100, 64, 0, n) });
+                let overlay6 = Ipv6Addr::new(0xfd52, 0, 0, 0, 0, 0, 0, n.into());
+                members.push(Member { host: h.clone(), overlay: Ipv4Addr::new(100, 64, 0, n), overlay6 });
             }
         }
-        let lab = Lab { topo, bin: bin.to_path_buf(), dir, members, rolodex: None, agents: HashMap::new() };
+        let lab = Lab {
+            topo,
+            bin: bin.to_path_buf(),
+            dir,
+            members,
+            rolodex: None,
+            standby: None,
+            standby_enabled: false,
+            agents: HashMap::new(),
+        };
         lab.write_secret("secret", &lab.cmd_stdout(&["keys", "generate"])?)?;
         let key = lab.cmd_stdout(&[
             "keys",
@@ -76,16 +90,26 @@ impl Lab {
         format!("{}:{ROLODEX_PORT}", self.topo.public_ip())
     }
 
-    pub fn start_rolodex(&mut self) -> Result<()> {
+    fn spawn_rolodex(&self, port: u16, metrics_port: u16) -> Result<NsChild> {
         let net = format!("{NETWORK}={}", self.path("rolodex.key"));
-        let listen = format!("0.0.0.0:{ROLODEX_PORT}");
+        let listen = format!("0.0.0.0:{port}");
+        let metrics = format!("127.0.0.1:{metrics_port}");
         let bin = self.bin.to_string_lossy().into_owned();
-        let child = self.topo.pub_host().spawn(
+        Ok(self.topo.pub_host().spawn(
             &bin,
-            &["rolodex", "--listen", &listen, "--network", &net, "--metrics-listen", "127.0.0.1:9465"],
+            &["rolodex", "--listen", &listen, "--network", &net, "--metrics-listen", &metrics],
             &[("RUST_LOG", "info")],
-        )?;
-        self.rolodex = Some(child);
+        )?)
+    }
+
+    pub fn start_rolodex(&mut self) -> Result<()> {
+        self.rolodex = Some(self.spawn_rolodex(ROLODEX_PORT, 9465)?);
+        Ok(())
+    }
+
+    /// Starts the standby rolodex on port 6265 (metrics on 9466).
+    pub fn start_standby(&mut self) -> Result<()> {
+        self.standby = Some(self.spawn_rolodex(ROLODEX_PORT + 1, 9466)?);
         Ok(())
     }
 
@@ -103,6 +127,9 @@ impl Lab {
     pub fn start_agent_with(&mut self, host: &str, secret: &str, extra: &[&str]) -> Result<()> {
         let m = self.member(host)?;
         let addr = format!("{}/10", m.overlay);
+        let addr6 = format!("{}/64", m.overlay6);
+        // The lab turns IPv6 off on its underlay links; the overlay device gets it back.
+        self.topo.host(host).set_sysctl("net/ipv6/conf/default/disable_ipv6", "0")?;
         let secret = self.path(secret);
         let rolodex = self.rolodex_addr();
         let bin = self.bin.to_string_lossy().into_owned();
@@ -116,6 +143,8 @@ impl Lab {
             host,
             "--address",
             &addr,
+            "--address",
+            &addr6,
             "--rolodex",
             &rolodex,
             "--tun-name",
@@ -123,6 +152,10 @@ impl Lab {
             "--metrics-listen",
             METRICS,
         ];
+        let standby = format!("{}:{}", self.topo.public_ip(), ROLODEX_PORT + 1);
+        if self.standby_enabled {
+            args.extend_from_slice(&["--rolodex", &standby]);
+        }
         args.extend_from_slice(extra);
         let child = self.topo.host(host).spawn(&bin, &args, &[("RUST_LOG", "info")])?;
         self.agents.insert(host.to_string(), child);
@@ -135,6 +168,9 @@ impl Lab {
 
     pub fn start_all(&mut self) -> Result<()> {
         self.start_rolodex()?;
+        if self.standby_enabled {
+            self.start_standby()?;
+        }
         let hosts: Vec<String> = self.members.iter().map(|m| m.host.clone()).collect();
         for h in hosts {
             self.start_agent(&h)?;
@@ -177,6 +213,13 @@ impl Lab {
         })
     }
 
+    /// One IPv6 overlay ping from `from` to `to`'s overlay address.
+    pub fn overlay_ping6(&self, from: &str, to: &str) -> Result<bool> {
+        let t = self.member(to)?.overlay6.to_string();
+        let out = self.host(from).exec("ping", &["-6", "-n", "-q", "-c", "1", "-W", "1", &t])?;
+        Ok(out.status.success())
+    }
+
     /// One overlay ping from `from` to `to`'s overlay address.
     pub fn overlay_ping(&self, from: &str, to: &str) -> Result<bool> {
         Ok(self.host(from).ping_once(self.member(to)?.overlay))
@@ -206,6 +249,9 @@ impl Drop for Lab {
             a.stop();
         }
         self.stop_rolodex();
+        if let Some(c) = self.standby.take() {
+            c.stop();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

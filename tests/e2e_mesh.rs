@@ -49,6 +49,10 @@ fn every_pair_pings_both_ways_and_links_are_direct() {
             assert!(l.overlay_ping(a, b).unwrap(), "{a} -> {b} overlay ping failed\n{}", l.logs());
         }
     }
+    // The IPv6 overlay works across the same links.
+    for (a, b) in [("a1", "b1"), ("b1", "a2"), ("a2", "a1")] {
+        assert!(l.overlay_ping6(a, b).unwrap(), "{a} -> {b} IPv6 overlay ping failed\n{}", l.logs());
+    }
     // Across sites the endpoint is the other site's NAT (direct), never the rolodex host.
     let rolodex_ip = l.topo.public_ip().to_string();
     for (a, b, site) in [("a1", "b1", "b"), ("b1", "a1", "a"), ("a2", "b1", "b")] {
@@ -107,6 +111,8 @@ fn a_restarted_agent_is_reachable_again_within_10_s() {
     require_root!();
     let mut l = running(Spec::default());
     l.stop_agent("b1");
+    let tun = l.host("b1").exec("ip", &["link", "show", "rm0"]).unwrap();
+    assert!(!tun.status.success(), "the TUN device outlived the stopped agent");
     l.start_agent("b1").unwrap();
     let t = Instant::now();
     let back = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
@@ -217,4 +223,23 @@ fn links_survive_packet_loss() {
     l.topo.set_loss("natb", 10.0).unwrap();
     l.start_all().unwrap();
     assert!(l.wait_full_mesh(Duration::from_secs(40)), "no mesh with 10% loss per NAT\n{}", l.logs());
+}
+
+#[test]
+fn with_two_rolodexes_losing_one_changes_nothing() {
+    require_root!();
+    let mut l = lab(Spec::default());
+    l.standby_enabled = true;
+    l.start_all().unwrap();
+    assert!(l.wait_full_mesh(Duration::from_secs(20)), "mesh did not come up\n{}", l.logs());
+    let regs = l.status("a1").unwrap()["rolodexes"].clone();
+    assert_eq!(regs.as_array().map(Vec::len), Some(2), "{regs}");
+    l.stop_rolodex();
+    // A member that restarts now can only find the others through the standby.
+    l.stop_agent("b1");
+    l.start_agent("b1").unwrap();
+    let back = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        l.overlay_ping("a1", "b1").unwrap_or(false) && l.overlay_ping("b1", "a2").unwrap_or(false)
+    });
+    assert!(back, "b1 not reachable through the standby rolodex\n{}", l.logs());
 }
