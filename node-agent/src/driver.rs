@@ -104,7 +104,7 @@ pub async fn run(mut cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyh
         }
     };
     cfg.engine.candidates = find_candidates();
-    let mut engine = Engine::new(cfg.engine, Instant::now(), wall_us(), rand::random());
+    let mut engine = Engine::new(cfg.engine, Instant::now(), rand::random());
     tracing::info!(
         name = engine.name(), port, tun = tun.name(), mtu = tun.mtu(), candidates = ?engine_candidates(&engine),
         "agent started"

@@ -124,7 +124,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(cfg: EngineConfig, now: Instant, wall_us: u64, seed: u64) -> Self {
+    pub fn new(cfg: EngineConfig, now: Instant, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let incarnation = rng.random();
         let rolodex_key = keys::derive(&cfg.secret, &cfg.network, KeyUse::Rolodex);
@@ -145,7 +145,6 @@ impl Engine {
                 Client::new(c, *server, &cfg.network, &rolodex_key, now, rng.random())
             })
             .collect();
-        let _ = wall_us;
         Self {
             psk: keys::derive(&cfg.secret, &cfg.network, KeyUse::DtlsPsk),
             probe_key: ProbeKey::new(&keys::derive(&cfg.secret, &cfg.network, KeyUse::Probe)),

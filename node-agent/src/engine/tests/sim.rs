@@ -422,7 +422,7 @@ impl Sim {
         let overlay = Ipv4Addr::new(100, 64, 0, i as u8 + 1);
         let mut cfg = config(name, overlay, vec![local]);
         f(&mut cfg);
-        let engine = Engine::new(cfg.clone(), self.now, self.wall(), self.rng.random());
+        let engine = Engine::new(cfg.clone(), self.now, self.rng.random());
         self.hosts.push(Host {
             name: name.into(),
             site,
@@ -438,14 +438,13 @@ impl Sim {
 
     /// The agent on host `h` restarts (new incarnation), optionally on a new local port.
     pub fn restart_host(&mut self, h: usize, new_port: Option<u16>) {
-        let wall = self.wall();
         let seed = self.rng.random();
         let host = &mut self.hosts[h];
         if let Some(p) = new_port {
             host.local.set_port(p);
             host.cfg.candidates = vec![host.local];
         }
-        host.engine = Some(Engine::new(host.cfg.clone(), self.now, wall, seed));
+        host.engine = Some(Engine::new(host.cfg.clone(), self.now, seed));
     }
 
     pub fn engine(&self, h: usize) -> &Engine {
