@@ -36,6 +36,8 @@ enum Cmd {
     },
     /// Build a NATed multi-site mesh in network namespaces on this machine and show it working (root)
     Demo(demo::DemoArgs),
+    /// Print the CustomResourceDefinitions (YAML)
+    Crdgen,
 }
 
 #[derive(clap::Args)]
@@ -171,6 +173,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Demo(a) => demo::run(a),
+        Cmd::Crdgen => {
+            print!("{}", crds::crds_yaml().map_err(anyhow::Error::msg)?);
+            Ok(())
+        }
     }
 }
 
