@@ -1,0 +1,1 @@
+//! Rolomesh operator (in progress).
