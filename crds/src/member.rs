@@ -28,12 +28,12 @@ pub struct MeshMemberSpec {
     pub node_name: Option<String>,
     /// Overlay addresses (one IPv4 and/or one IPv6); allocated by the operator when empty, then kept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 2))]
+    #[schemars(length(max = 2), inner(length(max = 39)))]
     #[x_kube(validation = Rule::new("self.all(a, isIP(a))").message("overlayAddresses entries must be IP addresses such as 100.64.0.7"))]
     pub overlay_addresses: Vec<String>,
     /// Prefixes this member routes for, e.g. its node's pod CIDR.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), inner(length(max = 43)))]
     #[x_kube(validation = Rule::new("self.all(r, isCIDR(r))").message("routes entries must be CIDRs such as 10.244.1.0/24"))]
     pub routes: Vec<String>,
 }

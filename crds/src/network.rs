@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 pub struct MeshNetworkSpec {
     /// Network name on the wire; defaults to the object's name. Clusters that share a mesh use the same name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9][a-z0-9.-]{0,62}$')").message("networkName must be 1-63 characters of a-z, 0-9, '-' and '.', starting with a letter or digit"))]
     pub network_name: Option<String>,
     pub overlay: OverlaySpec,
@@ -47,13 +48,14 @@ pub struct MeshNetworkSpec {
 #[x_kube(validation = Rule::new("!has(self.allocateFrom) || self.allocateFrom.all(a, isCIDR(a) && self.cidrs.exists(c, isCIDR(c) && cidr(c).containsCIDR(a)))").message("every overlay.allocateFrom range must be a CIDR inside one of overlay.cidrs"))]
 pub struct OverlaySpec {
     /// The whole overlay: one IPv4 and/or one IPv6 CIDR, e.g. 100.64.0.0/10.
-    #[schemars(length(min = 1, max = 2))]
+    #[schemars(length(min = 1, max = 2), inner(length(max = 43)))]
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("overlay.cidrs entries must be CIDRs such as 100.64.0.0/10"))]
     pub cidrs: Vec<String>,
     /// The part of the overlay this cluster allocates member addresses from, so that several clusters share
     /// one mesh without collisions. Defaults to all of `cidrs`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allocate_from: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8), inner(length(max = 43)))]
+    pub allocate_from: Vec<String>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -105,7 +107,7 @@ impl ServiceType {
 #[serde(rename_all = "camelCase")]
 pub struct ExternalRolodex {
     /// `host:port` of each rolodex; agents register with all of them.
-    #[schemars(length(min = 1, max = 8))]
+    #[schemars(length(min = 1, max = 8), inner(length(max = 262)))]
     #[x_kube(validation = Rule::new("self.all(e, e.matches('^(\\\\[[0-9a-fA-F:.]+\\\\]|[A-Za-z0-9.-]+):[0-9]{1,5}$'))").message("rolodex.external.endpoints entries must be host:port or [ipv6]:port"))]
     pub endpoints: Vec<String>,
 }
@@ -131,6 +133,7 @@ pub struct AgentSpec {
     pub mtu: Option<i32>,
     /// Keepalive interval toward peers, e.g. 25s.
     #[serde(default = "default_keepalive")]
+    #[schemars(length(max = 16))]
     #[x_kube(validation = Rule::new("self.matches('^[0-9]+(ms|s|m|h)$')").message("agent.keepalive must be a duration such as 25s, 500ms or 2m"))]
     pub keepalive: String,
     /// UDP port of each agent's one socket (host network).

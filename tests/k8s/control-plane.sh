@@ -23,6 +23,7 @@
 #                                off, as envtest does, and there is no GC, no namespace deletion, no default SAs)
 #   ROLOMESH_K8S_START_TIMEOUT   seconds to wait for each component (default 120)
 #   ROLOMESH_APISERVER_EXTRA_ARGS, ROLOMESH_KCM_EXTRA_ARGS   extra flags, split on whitespace
+#   ROLOMESH_APISERVER_EXTRA_SANS  comma-separated extra IPs for the serving certificate
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -196,6 +197,12 @@ DNS.4 = kubernetes.default.svc
 DNS.5 = kubernetes.default.svc.cluster.local
 EOF
         sed -i "s/SERVICE_IP/$SERVICE_IP/" openssl.cnf
+        # Extra serving-cert IPs, for clients that reach the apiserver through a relay (e.g. from a netns).
+        local n=3 ip sans=${ROLOMESH_APISERVER_EXTRA_SANS:-}
+        for ip in ${sans//,/ }; do
+            printf 'IP.%d = %s\n' "$n" "$ip" >> openssl.cnf
+            n=$((n + 1))
+        done
         openssl genrsa -out ca.key 2048 2>/dev/null
         openssl req -x509 -new -config openssl.cnf -extensions ca -key ca.key -days 3650 -out ca.crt
         leaf() { # name subject extensions
