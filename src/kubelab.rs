@@ -35,7 +35,12 @@ fn run(cmd: &mut Command) -> Result<Output> {
 fn ok(cmd: &mut Command) -> Result<String> {
     let out = run(cmd)?;
     if !out.status.success() {
-        bail!("{cmd:?} failed ({}):\n{}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{cmd:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -62,7 +67,14 @@ impl ControlPlane {
             .trim_matches('\'')
             .to_string();
         let port = server.rsplit(':').next().and_then(|p| p.parse().ok()).context("bad apiserver address")?;
-        Ok(ControlPlane { repo: repo.to_path_buf(), kubeconfig: dir.join("admin.kubeconfig"), dir, bin, server, port })
+        Ok(ControlPlane {
+            repo: repo.to_path_buf(),
+            kubeconfig: dir.join("admin.kubeconfig"),
+            dir,
+            bin,
+            server,
+            port,
+        })
     }
 
     /// `kubectl` as cluster admin.
@@ -80,7 +92,8 @@ impl ControlPlane {
     /// Runs kubectl and returns (success, stdout + stderr), for commands expected to fail.
     pub fn k_try(&self, args: &[&str]) -> Result<(bool, String)> {
         let out = run(self.kubectl().args(args))?;
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         Ok((out.status.success(), text))
     }
 
@@ -96,7 +109,8 @@ impl ControlPlane {
             .spawn()?;
         child.stdin.take().context("kubectl stdin")?.write_all(yaml.as_bytes())?;
         let out = child.wait_with_output()?;
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         Ok((out.status.success(), text))
     }
 

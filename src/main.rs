@@ -38,6 +38,8 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Print the CustomResourceDefinitions (YAML)
     Crdgen,
+    /// Run the Kubernetes operator: reconcile MeshNetworks into rolodex, agents and members
+    Operator(operator::Args),
 }
 
 #[derive(clap::Args)]
@@ -176,6 +178,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Crdgen => {
             print!("{}", crds::crds_yaml().map_err(anyhow::Error::msg)?);
             Ok(())
+        }
+        Cmd::Operator(a) => {
+            init_logs(&a.log_format)?;
+            runtime()?.block_on(operator::run(a))
         }
     }
 }

@@ -1,0 +1,381 @@
+//! The MeshNetwork controller: what it watches, the shared [`Context`], the thin [`reconcile`] (span, metrics,
+//! finalizer) and the one [`error_policy`]. The work itself is in [`crate::network`].
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crds::{MeshMember, MeshNetwork};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Secret, Service};
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::watch;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::metrics::Metrics;
+use crate::resources::{LABEL_MANAGED_BY, LABEL_NETWORK, MANAGED_BY};
+use crate::{Error, FINALIZER, Result, network};
+
+/// Requeue after a successful reconcile, to catch drift nobody told us about.
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// Longest wait for the Node cache before a reconcile gives up.
+const NODE_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Operator settings from the command line.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Watch this namespace only; all when `None`.
+    pub namespace: Option<String>,
+    /// Default image of rolodex and agent pods.
+    pub image: Option<String>,
+    pub agent_service_account: String,
+    /// This process, in Events and the Lease.
+    pub identity: String,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+    nodes: Store<Node>,
+    /// Consecutive failures per MeshNetwork, for the backoff.
+    failures: Mutex<HashMap<ObjectRef<MeshNetwork>, u32>>,
+}
+
+impl Context {
+    /// All Nodes, once the Node cache holds a complete list (a partial one would delete members).
+    pub async fn nodes(&self) -> Result<Vec<Arc<Node>>> {
+        match tokio::time::timeout(NODE_SYNC_TIMEOUT, self.nodes.wait_until_ready()).await {
+            Ok(Ok(())) => Ok(self.nodes.state()),
+            _ => Err(Error::NodesNotSynced),
+        }
+    }
+
+    /// Publishes an Event about `regarding`, concerning `related` (the object created or deleted; it also
+    /// keeps Events about different objects from being counted as one series). A failure to publish is
+    /// logged, not returned.
+    pub async fn event(
+        &self,
+        regarding: &ObjectReference,
+        related: Option<ObjectReference>,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: related,
+        };
+        if let Err(e) = self.recorder.publish(&ev, regarding).await {
+            warn!(error = %e, reason, "cannot publish Event");
+        }
+    }
+
+    fn record_failure(&self, obj: ObjectRef<MeshNetwork>) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = failures.entry(obj).or_default();
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    fn clear_failures(&self, obj: &ObjectRef<MeshNetwork>) {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(obj);
+    }
+}
+
+/// One reconcile: metrics, a span, then the finalizer's Apply (reconcile) or Cleanup.
+pub async fn reconcile(mn: Arc<MeshNetwork>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.count_and_measure();
+    let key = ObjectRef::from_obj(&*mn);
+    let ns =
+        mn.namespace().ok_or_else(|| Error::InvalidSpec(format!("{} has no namespace", mn.name_any())))?;
+    let span = info_span!("reconcile", network = %format!("{ns}/{}", mn.name_any()));
+    let regarding = mn.object_ref(&());
+    let api: Api<MeshNetwork> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, mn, |event| async {
+        match event {
+            Finalizer::Apply(mn) => network::reconcile(&mn, &ctx).await,
+            Finalizer::Cleanup(mn) => network::cleanup(&mn, &ctx).await,
+        }
+    })
+    .instrument(span)
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(Box::new(other)),
+    });
+    match &result {
+        Ok(_) => ctx.clear_failures(&key),
+        Err(e) => {
+            let note = e.to_string();
+            ctx.event(&regarding, None, EventType::Warning, e.reason(), "Reconcile", note).await;
+        }
+    }
+    result
+}
+
+/// Delay before retrying a failed reconcile: doubling from 2 s to 5 min; errors only an edit can fix wait
+/// the full 5 min (the edit itself triggers a reconcile).
+pub fn retry_delay(err: &Error, failures: u32) -> Duration {
+    if err.needs_user_action() {
+        return RESYNC;
+    }
+    let secs = 2u64.saturating_mul(1u64 << failures.saturating_sub(1).min(16));
+    Duration::from_secs(secs).min(RESYNC)
+}
+
+pub fn error_policy(mn: Arc<MeshNetwork>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failure(err);
+    let failures = ctx.record_failure(ObjectRef::from_obj(&*mn));
+    let delay = retry_delay(err, failures);
+    warn!(
+        network = %format!("{}/{}", mn.namespace().unwrap_or_default(), mn.name_any()),
+        error = %err, reason = err.reason(), failures, retry_in = ?delay, "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// Tells which Node events matter to members: a Node added or deleted, or a change of its labels, taints,
+/// pod CIDRs or deletion mark. Status heartbeats are dropped. After a relist everything is reconciled.
+#[derive(Default)]
+pub struct NodeChanges {
+    seen: HashMap<String, u64>,
+    relisting: HashMap<String, u64>,
+}
+
+fn node_fingerprint(node: &Node) -> u64 {
+    let mut h = DefaultHasher::new();
+    node.metadata.labels.hash(&mut h);
+    node.metadata.deletion_timestamp.is_some().hash(&mut h);
+    if let Some(spec) = &node.spec {
+        (&spec.pod_cidr, &spec.pod_cidrs).hash(&mut h);
+        for t in spec.taints.iter().flatten() {
+            (&t.key, &t.value, &t.effect).hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
+impl NodeChanges {
+    /// Whether `event` should reconcile every MeshNetwork.
+    pub fn relevant(&mut self, event: &watcher::Event<Node>) -> bool {
+        match event {
+            watcher::Event::Apply(n) => {
+                let fp = node_fingerprint(n);
+                self.seen.insert(n.name_any(), fp) != Some(fp)
+            }
+            watcher::Event::Delete(n) => {
+                self.seen.remove(&n.name_any());
+                true
+            }
+            watcher::Event::Init => {
+                self.relisting.clear();
+                false
+            }
+            watcher::Event::InitApply(n) => {
+                self.relisting.insert(n.name_any(), node_fingerprint(n));
+                false
+            }
+            watcher::Event::InitDone => {
+                self.seen = std::mem::take(&mut self.relisting);
+                true
+            }
+        }
+    }
+}
+
+/// The MeshNetworks a Secret matters to: the one it was written for (its labels), and those whose
+/// `spec.secretRef` names it (so creating or rotating a referenced Secret reconciles at once).
+pub fn secret_networks(secret: &Secret, networks: &[Arc<MeshNetwork>]) -> Vec<ObjectRef<MeshNetwork>> {
+    let Some(ns) = secret.namespace() else { return vec![] };
+    let name = secret.name_any();
+    let labels = secret.labels();
+    let mut out: Vec<ObjectRef<MeshNetwork>> = networks
+        .iter()
+        .filter(|n| n.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|n| n.spec.secret_ref.as_ref().is_some_and(|r| r.name == name))
+        .map(|n| ObjectRef::from_obj(&**n))
+        .collect();
+    if labels.get(LABEL_MANAGED_BY).is_some_and(|v| v == MANAGED_BY)
+        && let Some(network) = labels.get(LABEL_NETWORK)
+    {
+        out.push(ObjectRef::new(network).within(&ns));
+    }
+    out
+}
+
+/// The MeshNetwork a MeshMember belongs to: its `rolomesh.io/network` label, else `spec.networkRef`.
+pub fn member_network(m: &MeshMember) -> Option<ObjectRef<MeshNetwork>> {
+    let ns = m.namespace()?;
+    let name = m.labels().get(LABEL_NETWORK).cloned().unwrap_or_else(|| m.spec.network_ref.name.clone());
+    Some(ObjectRef::new(&name).within(&ns))
+}
+
+fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the controller until `stop` fires (in-flight reconciles finish first).
+pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, stop: watch::Receiver<bool>) {
+    let networks: Api<MeshNetwork> = scoped(&client, &settings.namespace);
+    if let Err(e) = networks.list(&ListParams::default().limit(1)).await {
+        error!(error = %e, "cannot list MeshNetworks; are the CRDs (crds/rolomesh.yaml) installed and RBAC granted?");
+    }
+    let (nodes, writer) = reflector::store::<Node>();
+    let mut changes = NodeChanges::default();
+    // The cache keeps what member selection reads; Node status (images, conditions) is large and churns.
+    let node_watch =
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).default_backoff().modify(|n| {
+            n.status = None;
+            n.metadata.managed_fields = None;
+            n.metadata.annotations = None;
+        });
+    let node_triggers = reflector::reflector(writer, node_watch).filter_map(move |ev| {
+        let fire = match ev {
+            Ok(ev) => changes.relevant(&ev),
+            Err(e) => {
+                warn!(error = %e, "Node watch failed; retrying");
+                false
+            }
+        };
+        std::future::ready(fire.then_some(()))
+    });
+    let reporter = Reporter { controller: crate::MANAGER.into(), instance: Some(settings.identity.clone()) };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        metrics,
+        nodes,
+        settings: settings.clone(),
+        failures: Mutex::default(),
+    });
+    let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    info!(namespace = settings.namespace.as_deref().unwrap_or("*"), "starting the MeshNetwork controller");
+    let controller = Controller::new(networks, watcher::Config::default());
+    let known = controller.store();
+    // Opaque Secrets only: ours and referenced ones are; Helm releases and tokens are not.
+    let opaque = watcher::Config::default().fields("type=Opaque");
+    controller
+        .watches(scoped::<Secret>(&client, &settings.namespace), opaque, move |s| {
+            secret_networks(&s, &known.state())
+        })
+        .owns(scoped::<Deployment>(&client, &settings.namespace), owned.clone())
+        .owns(scoped::<Service>(&client, &settings.namespace), owned.clone())
+        .owns(scoped::<DaemonSet>(&client, &settings.namespace), owned)
+        .watches(scoped::<MeshMember>(&client, &settings.namespace), watcher::Config::default(), |m| {
+            member_network(&m)
+        })
+        .reconcile_all_on(node_triggers)
+        .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
+        .graceful_shutdown_on(crate::stopped(stop))
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => debug!(network = %obj, "reconciled"),
+                Err(controller::Error::ReconcilerFailed(_, _)) => {} // logged by error_policy
+                Err(e) => warn!(error = %e, "controller"),
+            }
+        })
+        .await;
+    info!("MeshNetwork controller stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{host_member, network, node, node_member, owner};
+
+    #[test]
+    fn retry_backs_off_and_caps() {
+        let transient = Error::NodesNotSynced;
+        let delays: Vec<u64> = (1..=10).map(|n| retry_delay(&transient, n).as_secs()).collect();
+        assert_eq!(delays, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(retry_delay(&transient, u32::MAX), RESYNC);
+        assert_eq!(retry_delay(&transient, 0).as_secs(), 2);
+        assert_eq!(retry_delay(&Error::InvalidSpec("x".into()), 1), RESYNC, "only an edit fixes it");
+        assert_eq!(retry_delay(&Error::Secret("x".into()), 1), RESYNC);
+        let finalizer = Error::Finalizer(Box::new(kube::runtime::finalizer::Error::AddFinalizer(
+            kube::Error::LinesCodecMaxLineLengthExceeded,
+        )));
+        assert_eq!((finalizer.reason(), retry_delay(&finalizer, 1).as_secs()), ("FinalizerError", 2));
+    }
+
+    #[test]
+    fn node_changes_ignore_heartbeats() {
+        let mut c = NodeChanges::default();
+        let n1 = node("n1", &[], &["10.244.1.0/24"], &[]);
+        assert!(!c.relevant(&watcher::Event::Init));
+        assert!(!c.relevant(&watcher::Event::InitApply(n1.clone())));
+        assert!(c.relevant(&watcher::Event::InitDone), "a (re)list reconciles all");
+        let mut heartbeat = n1.clone();
+        heartbeat.metadata.resource_version = Some("99".into());
+        heartbeat.status = Some(Default::default());
+        assert!(!c.relevant(&watcher::Event::Apply(heartbeat)));
+        assert!(c.relevant(&watcher::Event::Apply(node("n2", &[], &[], &[]))), "new node");
+        assert!(
+            c.relevant(&watcher::Event::Apply(node("n1", &[("mesh", "yes")], &["10.244.1.0/24"], &[]))),
+            "labels"
+        );
+        assert!(c.relevant(&watcher::Event::Apply(node("n2", &[], &[], &[("t", "NoSchedule")]))), "taints");
+        assert!(c.relevant(&watcher::Event::Delete(node("n2", &[], &[], &[]))));
+        assert!(
+            c.relevant(&watcher::Event::Apply(node("n2", &[], &[], &[("t", "NoSchedule")]))),
+            "back again"
+        );
+    }
+
+    #[test]
+    fn secrets_map_to_the_networks_using_them() {
+        let mut uses = network("a");
+        uses.spec.secret_ref = Some(crds::SecretRef { name: "shared".into() });
+        let mut other_ns = uses.clone();
+        other_ns.metadata.namespace = Some("elsewhere".into());
+        let plain = network("b");
+        let all: Vec<_> = [uses, other_ns, plain].into_iter().map(Arc::new).collect();
+        let mut s = Secret::default();
+        s.metadata.name = Some("shared".into());
+        s.metadata.namespace = Some("mesh".into());
+        let hits = secret_networks(&s, &all);
+        assert_eq!(
+            hits.iter().map(|r| (r.name.as_str(), r.namespace.as_deref())).collect::<Vec<_>>(),
+            [("a", Some("mesh"))]
+        );
+        let ours = crate::resources::rolodex_key_secret(&owner(), &[0; 32]);
+        let hits = secret_networks(&ours, &all);
+        assert_eq!(hits.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["prod"]);
+        s.metadata.name = Some("unrelated".into());
+        assert!(secret_networks(&s, &all).is_empty());
+    }
+
+    #[test]
+    fn members_map_to_their_network() {
+        let r = member_network(&node_member("n1", &[])).unwrap();
+        assert_eq!((r.name.as_str(), r.namespace.as_deref()), ("prod", Some("mesh")));
+        let r = member_network(&host_member("laptop", &[])).unwrap();
+        assert_eq!(r.name, "prod", "falls back to spec.networkRef");
+        let mut m = host_member("x", &[]);
+        m.metadata.namespace = None;
+        assert!(member_network(&m).is_none());
+    }
+}
