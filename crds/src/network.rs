@@ -140,8 +140,8 @@ pub struct AgentSpec {
     #[serde(default = "default_agent_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub listen_port: i32,
-    /// Advertise each node's pod CIDR as a route of its member.
-    #[serde(default = "yes")]
+    /// Advertise each node's pod CIDRs as routes of its member (spelled like Node's `podCIDRs`).
+    #[serde(default = "yes", rename = "advertisePodCIDRs")]
     pub advertise_pod_cidrs: bool,
 }
 

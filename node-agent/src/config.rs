@@ -63,6 +63,31 @@ pub struct Args {
     /// Log format: text or json [default: text]
     #[arg(long, value_name = "text|json")]
     pub log_format: Option<String>,
+    /// `--kube` and the flags that go with it (boxed: the binary's subcommand enum stays small).
+    #[command(flatten)]
+    pub kube: Box<KubeArgs>,
+}
+
+/// `rolomesh agent --kube` flags.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct KubeArgs {
+    /// Kubernetes mode: network, overlay addresses, routes and rolodexes come from the MeshNetwork and
+    /// MeshMember objects, and the agent writes its MeshMember's status
+    #[arg(long)]
+    pub kube: bool,
+    /// With --kube: the MeshNetwork object to join (in --namespace)
+    #[arg(long, value_name = "NAME")]
+    pub mesh_network: Option<String>,
+    /// With --kube: this node's name, also the member name on the wire [default: env NODE_NAME]
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// With --kube: namespace of the MeshNetwork and MeshMember [default: env POD_NAMESPACE, else the
+    /// kubeconfig's or in-cluster namespace]
+    #[arg(long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// With --kube: least time between MeshMember status writes, jittered ±20% [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub status_interval: Option<String>,
 }
 
 /// The validated configuration.
@@ -84,6 +109,43 @@ pub struct AgentConfig {
     pub punch_ttl: u8,
     pub metrics_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
+    /// `--kube`: until [`KubeSettings::complete`] has filled them in from the API, `network` is empty,
+    /// `overlay_v4`/`overlay_v6` are `None` and `rolodex` is empty.
+    pub kube: Option<KubeSettings>,
+}
+
+/// `--kube` mode: which objects hold the rest of the configuration, and how often to write status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubeSettings {
+    pub mesh_network: String,
+    /// Also the member name on the wire.
+    pub node_name: String,
+    /// `None`: the Kubernetes client configuration's namespace (in a pod: its own).
+    pub namespace: Option<String>,
+    pub status_interval: Duration,
+    /// The merged file and flag values, completed with the API's values by [`KubeSettings::complete`].
+    raw: file::FileConfig,
+}
+
+/// What the MeshNetwork and MeshMember objects say, in flag syntax.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KubeValues {
+    pub network: String,
+    /// Overlay addresses with the overlay prefix, e.g. `100.64.0.7/10`.
+    pub addresses: Vec<String>,
+    /// `HOST:PORT` of each rolodex.
+    pub rolodex: Vec<String>,
+    pub keepalive: Option<String>,
+    pub mtu: Option<String>,
+    pub listen_port: Option<String>,
+}
+
+impl KubeSettings {
+    /// The full configuration from the API's values. `--keepalive`, `--mtu` and `--listen-port` given as
+    /// flags or in the file win over the MeshNetwork's `spec.agent` (e.g. to run two agents on one host).
+    pub fn complete(&self, values: KubeValues) -> Result<AgentConfig, ConfigError> {
+        parse::complete_kube(self, values)
+    }
 }
 
 /// One configured rolodex and what its name resolved to at startup.
@@ -147,7 +209,7 @@ impl AgentConfig {
             Some(path) => file::load(path)?,
             None => file::FileConfig::default(),
         };
-        parse::validate(file.merge(args))
+        parse::validate(file.merge(args), &|var| std::env::var(var).ok())
     }
 
     /// The overlay networks (host bits cleared), for routing and for skipping our own addresses.

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::UdpSocket;
+use tokio::sync::watch;
 
 use crate::engine::{Engine, EngineConfig, HEADROOM, Inbound, Transmit};
+use crate::kube::Snapshot;
 use crate::metrics::Metrics;
 use crate::tun::{Tun, TunConfig};
 use crate::{iface, routes};
@@ -21,6 +23,8 @@ pub struct RunConfig {
     pub listen_port: u16,
     pub tun: TunConfig,
     pub metrics: Option<SocketAddr>,
+    /// `--kube`: the rest of the configuration comes from the API ([`crate::kube::run`]).
+    pub kube: Option<crate::config::KubeSettings>,
 }
 
 pub fn wall_us() -> u64 {
@@ -89,8 +93,22 @@ async fn send_control(socket: &UdpSocket, v6: bool, t: &Transmit) {
     }
 }
 
-/// Runs the agent until `shutdown` completes; the TUN device is removed when this returns.
+/// Runs the agent until `shutdown` completes; the TUN device is removed when this returns. With `--kube`
+/// the configuration is read from the API first and status is written back ([`crate::kube::run`]).
 pub async fn run(mut cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    match cfg.kube.take() {
+        Some(k) => crate::kube::run(k, shutdown).await,
+        None => run_with_status(cfg, None, shutdown).await,
+    }
+}
+
+/// [`run`] with a fixed configuration; when `snapshots` is given, a [`Snapshot`] of the engine is published
+/// to it once a second (off the packet path).
+pub async fn run_with_status(
+    mut cfg: RunConfig,
+    snapshots: Option<watch::Sender<Snapshot>>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let v6 = cfg.engine.rolodexes.iter().any(SocketAddr::is_ipv6);
     let socket = bind(cfg.listen_port, v6)?;
     let port = socket.local_addr()?.port();
@@ -152,6 +170,9 @@ pub async fn run(mut cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyh
                 if let Ok(mut s) = status.lock() {
                     *s = crate::metrics::status_json(&engine, tun.name(), port);
                 }
+                if let Some(tx) = &snapshots {
+                    tx.send_replace(Snapshot::of(&engine));
+                }
             }
             _ = refresh.tick() => engine.set_candidates(Instant::now(), find_candidates()),
         }
@@ -193,6 +214,7 @@ impl RunConfig {
             listen_port: c.listen_port,
             tun: c.tun_config(v6),
             metrics: c.metrics_listen,
+            kube: c.kube.clone(),
         }
     }
 }

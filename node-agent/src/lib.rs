@@ -6,6 +6,7 @@ pub mod driver;
 pub mod dtls;
 pub mod engine;
 pub mod iface;
+pub mod kube;
 pub mod metrics;
 pub mod peer;
 pub mod probe;

@@ -12,7 +12,7 @@ use super::{Args, ConfigError};
 const MAX_FILE: u64 = 1 << 20;
 
 /// Values as written: scalars stay strings so that validation can name the field and value.
-#[derive(Deserialize, Default, Debug, PartialEq, Eq)]
+#[derive(Deserialize, Default, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub(super) struct FileConfig {
     pub network: Option<String>,
@@ -30,6 +30,11 @@ pub(super) struct FileConfig {
     pub punch_ttl: Option<String>,
     pub metrics_listen: Option<String>,
     pub log_format: Option<String>,
+    pub kube: Option<bool>,
+    pub mesh_network: Option<String>,
+    pub node_name: Option<String>,
+    pub namespace: Option<String>,
+    pub status_interval: Option<String>,
 }
 
 /// Reads and parses the file. A relative `secret-file` is taken relative to the file's
@@ -83,6 +88,11 @@ impl FileConfig {
             punch_ttl: a.punch_ttl.or(self.punch_ttl),
             metrics_listen: a.metrics_listen.or(self.metrics_listen),
             log_format: a.log_format.or(self.log_format),
+            kube: if a.kube.kube { Some(true) } else { self.kube },
+            mesh_network: a.kube.mesh_network.or(self.mesh_network),
+            node_name: a.kube.node_name.or(self.node_name),
+            namespace: a.kube.namespace.or(self.namespace),
+            status_interval: a.kube.status_interval.or(self.status_interval),
         }
     }
 }

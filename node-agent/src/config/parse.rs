@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::file::FileConfig;
-use super::{AgentConfig, ConfigError, LogFormat, Mtu, Rolodex, Secret};
+use super::{AgentConfig, ConfigError, KubeSettings, KubeValues, LogFormat, Mtu, Rolodex, Secret};
 use crate::routes::IpNet;
 use crate::tun::{self, TunError};
 
@@ -21,6 +21,12 @@ const MAX_SECRET_FILE: u64 = 64 * 1024;
 const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=9000;
 const INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_millis(100)..=Duration::from_secs(3600);
+const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+const STATUS_INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
+
+/// Looks up an environment variable (`--kube` reads NODE_NAME and POD_NAMESPACE); injectable for tests.
+pub(super) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 fn invalid(field: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { field, value: value.to_owned(), reason: reason.into() }
@@ -30,8 +36,127 @@ fn missing(field: &'static str, hint: &'static str) -> ConfigError {
     ConfigError::Missing { field, hint }
 }
 
+/// The merged file and flags: a complete static configuration, or with `--kube` the part that does not
+/// come from the API (see [`validate_kube`]).
+pub(super) fn validate(raw: FileConfig, env: Env<'_>) -> Result<AgentConfig, ConfigError> {
+    if raw.kube == Some(true) {
+        return validate_kube(raw, env);
+    }
+    let kube_only = [
+        ("mesh-network", &raw.mesh_network),
+        ("node-name", &raw.node_name),
+        ("namespace", &raw.namespace),
+        ("status-interval", &raw.status_interval),
+    ];
+    for (field, v) in kube_only {
+        if let Some(v) = v {
+            return Err(invalid(field, v, "only used with --kube"));
+        }
+    }
+    build(raw)
+}
+
+/// `--kube`: network, name, addresses and rolodexes come from the API, so giving them is an error. Every
+/// other value is checked now, so that a bad flag fails before the API is asked anything; the result
+/// carries placeholders until [`complete_kube`].
+fn validate_kube(raw: FileConfig, env: Env<'_>) -> Result<AgentConfig, ConfigError> {
+    const FROM_API: &str = "not allowed with --kube: the MeshNetwork and MeshMember objects set it";
+    let given = [
+        ("network", raw.network.clone()),
+        ("name", raw.name.clone()),
+        ("address", raw.addresses.first().cloned()),
+        ("rolodex", raw.rolodex.first().cloned()),
+    ];
+    for (field, v) in given {
+        if let Some(v) = v {
+            return Err(invalid(field, &v, FROM_API));
+        }
+    }
+    let mesh_network = raw.mesh_network.clone().ok_or_else(|| {
+        missing("mesh-network", "--kube needs --mesh-network NAME (or mesh-network: in the config file)")
+    })?;
+    check_object_name("mesh-network", &mesh_network, 253, true)?;
+    let node_name =
+        raw.node_name.clone().or_else(|| env("NODE_NAME").filter(|v| !v.is_empty())).ok_or_else(|| {
+            missing(
+                "node-name",
+                "set --node-name or the NODE_NAME environment variable (downward API spec.nodeName)",
+            )
+        })?;
+    // The node name is also the member name on the wire, which allows at most 63 characters.
+    check_object_name("node-name", &node_name, 63, true)?;
+    if mesh_network.len() + 1 + node_name.len() > 253 {
+        return Err(invalid(
+            "mesh-network",
+            &mesh_network,
+            "too long: the MeshMember name <mesh-network>-<node-name> exceeds 253 characters",
+        ));
+    }
+    let namespace = raw.namespace.clone().or_else(|| env("POD_NAMESPACE").filter(|v| !v.is_empty()));
+    if let Some(ns) = &namespace {
+        check_object_name("namespace", ns, 63, false)?;
+    }
+    let status_interval = match &raw.status_interval {
+        None => DEFAULT_STATUS_INTERVAL,
+        Some(v) => {
+            let d = parse_duration(v).map_err(|reason| invalid("status-interval", v, reason))?;
+            if !STATUS_INTERVAL_RANGE.contains(&d) {
+                return Err(invalid("status-interval", v, "must be between 1s and 1h"));
+            }
+            d
+        }
+    };
+    let probe = FileConfig {
+        network: Some("kube".into()),
+        name: Some(node_name.clone()),
+        addresses: vec!["100.64.0.1/10".into()],
+        rolodex: vec!["127.0.0.1".into()],
+        ..raw.clone()
+    };
+    let mut cfg = build(probe)?;
+    cfg.network.clear();
+    (cfg.overlay_v4, cfg.overlay_v6) = (None, None);
+    cfg.rolodex.clear();
+    cfg.kube = Some(KubeSettings { mesh_network, node_name, namespace, status_interval, raw });
+    Ok(cfg)
+}
+
+/// `--kube`: the configuration with the API's values filled in; keepalive, MTU and listen port given
+/// locally (flags or file) win over the MeshNetwork's.
+pub(super) fn complete_kube(k: &KubeSettings, v: KubeValues) -> Result<AgentConfig, ConfigError> {
+    let mut raw = k.raw.clone();
+    raw.network = Some(v.network);
+    raw.name = Some(k.node_name.clone());
+    raw.addresses = v.addresses;
+    raw.rolodex = v.rolodex;
+    raw.keepalive = raw.keepalive.or(v.keepalive);
+    raw.mtu = raw.mtu.or(v.mtu);
+    raw.listen_port = raw.listen_port.or(v.listen_port);
+    let mut cfg = build(raw)?;
+    cfg.kube = Some(k.clone());
+    Ok(cfg)
+}
+
+/// A Kubernetes object name: 1..=max of a-z, 0-9, '-' (and '.' if `dots`), alphanumeric at both ends.
+fn check_object_name(field: &'static str, v: &str, max: usize, dots: bool) -> Result<(), ConfigError> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.');
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if v.is_empty() || v.len() > max {
+        return Err(invalid(field, v, format!("must be 1-{max} characters long")));
+    }
+    if !v.chars().all(ok_char) || !edge(v.chars().next()) || !edge(v.chars().last()) {
+        let set = if dots { "a-z, 0-9, '-' and '.'" } else { "a-z, 0-9 and '-'" };
+        return Err(invalid(
+            field,
+            v,
+            format!("not a Kubernetes name: use {set}, starting and ending with a letter or digit"),
+        ));
+    }
+    Ok(())
+}
+
 /// Syntax checks first, then the slower I/O (secret file, name resolution).
-pub(super) fn validate(raw: FileConfig) -> Result<AgentConfig, ConfigError> {
+fn build(raw: FileConfig) -> Result<AgentConfig, ConfigError> {
     let network =
         raw.network.ok_or_else(|| missing("network", "set --network (or network: in the config file)"))?;
     check_label("network", &network, |c| {
@@ -102,6 +227,7 @@ pub(super) fn validate(raw: FileConfig) -> Result<AgentConfig, ConfigError> {
         punch_ttl,
         metrics_listen,
         log_format,
+        kube: None,
     })
 }
 

@@ -387,3 +387,158 @@ fn rolodex_forms() {
     assert_eq!(specs, ["127.0.0.1:1", "[::1]:6264", "[::1]:6264", "localhost:7"]);
     assert!(c.rolodex[3].addrs.iter().all(|a| a.port() == 7 && a.ip().is_loopback()));
 }
+
+// --kube: the flags that stay local, and what the API fills in.
+
+/// `--kube` with a secret, a mesh network and a node name (unless `extra` gives them), plus `extra`.
+fn kube_flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut f = vec!["--kube"];
+    for (flag, default) in
+        [("--secret-file", "$DIR/secret"), ("--mesh-network", "mesh"), ("--node-name", "node-1")]
+    {
+        if !extra.iter().any(|e| e.starts_with(flag)) {
+            f.extend([flag, default]);
+        }
+    }
+    f.extend(extra);
+    f
+}
+
+/// Like [`ok`] for `--kube`, with a secret that stays readable for [`KubeSettings::complete`].
+fn kube_ok(dir: &TempDir, extra: &[&str]) -> (AgentConfig, KubeSettings) {
+    let secret = dir.write("secret", SECRET).display().to_string();
+    let flags: Vec<&str> =
+        kube_flags(extra).into_iter().map(|f| if f == "$DIR/secret" { secret.as_str() } else { f }).collect();
+    let c = ok(None, &flags);
+    let k = c.kube.clone().unwrap_or_else(|| panic!("not kube mode"));
+    (c, k)
+}
+
+fn api_values() -> KubeValues {
+    KubeValues {
+        network: "prod".into(),
+        addresses: vec!["100.64.3.7/10".into()],
+        rolodex: vec!["127.0.0.1:7000".into()],
+        keepalive: Some("15s".into()),
+        mtu: Some("1380".into()),
+        listen_port: Some("51820".into()),
+    }
+}
+
+#[test]
+fn kube_mode_defers_to_the_api() {
+    let dir = TempDir::new();
+    let (c, k) = kube_ok(&dir, &["--namespace", "rolomesh", "--tun-name", "rmk"]);
+    assert_eq!((k.mesh_network.as_str(), k.node_name.as_str()), ("mesh", "node-1"));
+    assert_eq!((k.namespace.as_deref(), k.status_interval), (Some("rolomesh"), Duration::from_secs(10)));
+    // Placeholders until the API's values arrive; local settings are already checked and kept.
+    assert_eq!((c.network.as_str(), c.overlay_v4, c.rolodex.len()), ("", None, 0));
+    assert_eq!((c.name.as_str(), c.tun_name.as_str()), ("node-1", "rmk"));
+
+    let full = k.complete(api_values()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((full.network.as_str(), full.name.as_str()), ("prod", "node-1"));
+    assert_eq!(full.overlay_v4, Some(net("100.64.3.7/10")));
+    assert_eq!(full.rolodex_addrs().map(|a| a.to_string()).collect::<Vec<_>>(), ["127.0.0.1:7000"]);
+    assert_eq!(
+        (full.keepalive, full.mtu, full.listen_port),
+        (Duration::from_secs(15), Mtu::Fixed(1380), 51820)
+    );
+    assert_eq!((full.tun_name.as_str(), full.kube.as_ref()), ("rmk", Some(&k)));
+    assert_eq!(full.secret.as_bytes(), &SECRET[..32]);
+}
+
+#[test]
+fn kube_local_flags_win_over_the_network_spec() {
+    // Two agents on one host need their own port and TUN name whatever the MeshNetwork says.
+    let dir = TempDir::new();
+    let flags = ["--listen-port", "41000", "--mtu", "auto", "--keepalive", "5s", "--status-interval", "2s"];
+    let (_, k) = kube_ok(&dir, &flags);
+    assert_eq!(k.status_interval, Duration::from_secs(2));
+    let full = k.complete(api_values()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((full.listen_port, full.mtu, full.keepalive), (41000, Mtu::Auto, Duration::from_secs(5)));
+    // Bad values from the API are reported like flags.
+    let bad = KubeValues { addresses: vec!["100.64.0.0/10".into()], ..api_values() };
+    assert!(k.complete(bad).unwrap_err().to_string().contains("this is the network address"));
+}
+
+#[test]
+fn kube_settings_in_the_file() {
+    let yaml = "kube: true\nmesh-network: mesh\nnode-name: n1\nnamespace: ns\nstatus-interval: 30s\n\
+                secret-file: secret\ntun-name: rm7\n";
+    let k = ok(Some(yaml), &[]).kube.unwrap_or_else(|| panic!("not kube mode"));
+    assert_eq!((k.node_name.as_str(), k.namespace.as_deref()), ("n1", Some("ns")));
+    assert_eq!(k.status_interval, Duration::from_secs(30));
+    // Flags override the file.
+    let k = ok(Some(yaml), &["--node-name", "n2"]).kube.unwrap_or_else(|| panic!("not kube mode"));
+    assert_eq!(k.node_name, "n2");
+}
+
+#[test]
+fn kube_node_and_namespace_from_the_environment() {
+    let env = |var: &str| match var {
+        "NODE_NAME" => Some("worker-3".to_string()),
+        "POD_NAMESPACE" => Some("rolomesh-system".to_string()),
+        _ => None,
+    };
+    let raw = |node: Option<&str>| file::FileConfig {
+        kube: Some(true),
+        mesh_network: Some("mesh".into()),
+        node_name: node.map(Into::into),
+        secret_file: Some(PathBuf::from("/dev/null")),
+        ..Default::default()
+    };
+    let dir = TempDir::new();
+    let secret = dir.write("secret", SECRET);
+    let with_secret = |node| file::FileConfig { secret_file: Some(secret.clone()), ..raw(node) };
+    let k = parse::validate(with_secret(None), &env).unwrap_or_else(|e| panic!("{e}")).kube;
+    let k = k.unwrap_or_else(|| panic!("not kube mode"));
+    assert_eq!((k.node_name.as_str(), k.namespace.as_deref()), ("worker-3", Some("rolomesh-system")));
+    // The flag wins over the environment.
+    let k = parse::validate(with_secret(Some("n9")), &env).ok().and_then(|c| c.kube);
+    assert_eq!(k.map(|k| k.node_name), Some("n9".into()));
+    // Neither: a clear error; no namespace is fine (the kubeconfig's is used).
+    let none = |_: &str| None;
+    let e = parse::validate(with_secret(None), &none).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "node-name is required: set --node-name or the NODE_NAME environment variable (downward API spec.nodeName)"
+    );
+    let k = parse::validate(with_secret(Some("n1")), &none).ok().and_then(|c| c.kube);
+    assert_eq!(k.map(|k| k.namespace), Some(None));
+}
+
+#[test]
+fn kube_bad_flags() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--network", "x"],
+            r#"invalid network "x": not allowed with --kube: the MeshNetwork and MeshMember objects set it"#,
+        ),
+        (&["--name", "x"], r#"invalid name "x": not allowed with --kube"#),
+        (&["--address", "100.64.0.1/10"], r#"invalid address "100.64.0.1/10": not allowed with --kube"#),
+        (&["--rolodex", "127.0.0.1"], r#"invalid rolodex "127.0.0.1": not allowed with --kube"#),
+        (&["--node-name", "Node_1"], r#"invalid node-name "Node_1": not a Kubernetes name"#),
+        (&["--node-name", &"n".repeat(64)], "invalid node-name"),
+        (&["--mesh-network=mesh-"], r#"invalid mesh-network "mesh-": not a Kubernetes name"#),
+        (&["--mesh-network=Mesh"], r#"invalid mesh-network "Mesh": not a Kubernetes name"#),
+        (&["--namespace", "a.b"], r#"invalid namespace "a.b": not a Kubernetes name: use a-z, 0-9 and '-'"#),
+        (&["--status-interval", "500ms"], r#"invalid status-interval "500ms": must be between 1s and 1h"#),
+        (&["--status-interval", "soon"], r#"invalid status-interval "soon": expected a number"#),
+        (
+            &["--tun-name", "rolomesh-overlay0"],
+            r#"invalid tun-name "rolomesh-overlay0": longer than 15 bytes"#,
+        ),
+        (&["--secret-file", "/nonexistent"], r#"secret file "/nonexistent": cannot read it"#),
+    ];
+    for (flags, want) in cases {
+        let e = err(None, &kube_flags(flags));
+        assert!(e.contains(want), "{flags:?}:\n  got  {e}\n  want {want}");
+    }
+    let e = err(None, &["--kube", "--node-name", "n", "--secret-file", "$DIR/secret"]);
+    assert!(e.starts_with("mesh-network is required: --kube needs --mesh-network NAME"), "{e}");
+    // The kube-only flags without --kube.
+    let e = err(Some(GOOD), &["--mesh-network", "mesh"]);
+    assert_eq!(e, r#"invalid mesh-network "mesh": only used with --kube"#);
+    let e = err(Some(GOOD), &["--status-interval", "5s"]);
+    assert_eq!(e, r#"invalid status-interval "5s": only used with --kube"#);
+}
