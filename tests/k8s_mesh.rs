@@ -293,7 +293,7 @@ fn agents_in_namespaces_build_the_mesh_from_api_objects() {
         cp.apply(&node(h, &format!("10.250.{i}.0/24"))).unwrap();
     }
     let mn = format!(
-        "apiVersion: rolomesh.io/v1alpha1\nkind: MeshNetwork\nmetadata: {{name: lab, namespace: default}}\nspec:\n  overlay:\n    cidrs: [100.64.0.0/10]\n  rolodex:\n    external:\n      endpoints: [\"{}:6264\"]\n  agent:\n    advertisePodCIDRs: false\n",
+        "apiVersion: rolomesh.io/v1alpha1\nkind: MeshNetwork\nmetadata: {{name: lab, namespace: default}}\nspec:\n  overlay:\n    cidrs: [100.64.0.0/10]\n  rolodex:\n    external:\n      endpoints: [\"{}:6264\"]\n",
         lab.topo.public_ip()
     );
     let (ok, out) = cp.apply(&mn).unwrap();

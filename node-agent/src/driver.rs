@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::engine::{Engine, EngineConfig, HEADROOM, Inbound, Transmit};
 use crate::kube::Snapshot;
 use crate::metrics::Metrics;
+use crate::sysroutes::KernelRoutes;
 use crate::tun::{Tun, TunConfig};
 use crate::{iface, routes};
 
@@ -114,6 +115,13 @@ pub async fn run_with_status(
     let port = socket.local_addr()?.port();
     let tun = Tun::create(&cfg.tun)?;
     let overlay: Vec<routes::IpNet> = [cfg.tun.ipv4, cfg.tun.ipv6].into_iter().flatten().collect();
+    let mut kernel_routes = match KernelRoutes::new(tun.name()) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot manage kernel routes; peers' advertised routes will not be reachable");
+            None
+        }
+    };
     let find_candidates = || match iface::local_candidates(tun.name(), &overlay, port) {
         Ok(c) => c,
         Err(e) => {
@@ -173,6 +181,9 @@ pub async fn run_with_status(
                 if let Some(tx) = &snapshots {
                     tx.send_replace(Snapshot::of(&engine));
                 }
+                if let Some(k) = kernel_routes.as_mut() {
+                    k.sync(&peer_routes(&engine, &overlay));
+                }
             }
             _ = refresh.tick() => engine.set_candidates(Instant::now(), find_candidates()),
         }
@@ -217,4 +228,35 @@ impl RunConfig {
             kube: c.kube.clone(),
         }
     }
+}
+
+/// Prefixes peers advertise that the kernel must send into the TUN device. Skipped: anything inside our
+/// overlay (the TUN's prefix route covers it), our own routes, default routes, and any prefix that would
+/// capture the underlay path to a rolodex or a peer (routing the tunnel into itself).
+fn peer_routes(engine: &Engine, overlay: &[routes::IpNet]) -> std::collections::BTreeSet<routes::IpNet> {
+    let own = engine.own_routes();
+    let underlay: Vec<IpAddr> = engine
+        .rolodexes()
+        .map(|(a, _)| a.ip())
+        .chain(
+            engine
+                .peers()
+                .flat_map(|p| p.candidates.iter().map(|c| c.ip()).chain(p.endpoint.map(|e| e.ip()))),
+        )
+        .collect();
+    let mut out = std::collections::BTreeSet::new();
+    for p in engine.peers() {
+        for r in &p.routes {
+            let net = r.network();
+            let inside_overlay = overlay
+                .iter()
+                .any(|o| o.network().contains(&net.addr()) && o.prefix_len() <= net.prefix_len());
+            let captures_underlay = underlay.iter().any(|u| net.contains(u));
+            if net.prefix_len() == 0 || inside_overlay || own.contains(&net) || captures_underlay {
+                continue;
+            }
+            out.insert(net);
+        }
+    }
+    out
 }

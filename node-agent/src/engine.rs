@@ -176,6 +176,11 @@ impl Engine {
         self.reflexive
     }
 
+    /// The prefixes this member itself routes for (advertised to peers).
+    pub fn own_routes(&self) -> Vec<IpNet> {
+        self.cfg.routes.iter().map(IpNet::network).collect()
+    }
+
     pub fn candidates(&self) -> &[SocketAddr] {
         &self.cfg.candidates
     }

@@ -11,4 +11,5 @@ pub mod metrics;
 pub mod peer;
 pub mod probe;
 pub mod routes;
+pub mod sysroutes;
 pub mod tun;

@@ -10,7 +10,7 @@ use std::str::FromStr;
 /// The address keeps its host bits as written, because an interface address such as
 /// `100.64.0.1/10` means both "my address" and "the overlay network"; [`IpNet::network`] clears
 /// them, and the agent's route table always stores the cleared form.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 pub struct IpNet {
     addr: IpAddr,
     len: u8,
