@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use rolodex::keys::{self, KeyUse};
+use rolodex::service::shutdown_signal;
 
 mod demo;
 
@@ -101,19 +102,6 @@ fn read_key_file(network: &str, path: &str) -> anyhow::Result<[u8; 32]> {
     bytes.try_into().map_err(|_| {
         anyhow::anyhow!("rolodex key file {path} for network {network} must hold 32 bytes (64 hex digits)")
     })
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
-            }
-        }
-        _ => std::future::pending().await,
-    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -94,6 +94,17 @@ fn members(cp: &ControlPlane, ns: &str) -> Vec<Value> {
     json(cp, &["get", "meshmembers", "-n", ns])["items"].as_array().cloned().unwrap_or_default()
 }
 
+/// The distinct first overlay addresses of the members in `default`.
+fn distinct_addresses(cp: &ControlPlane) -> Vec<String> {
+    let mut addrs: Vec<String> = members(cp, "default")
+        .iter()
+        .filter_map(|m| m["spec"]["overlayAddresses"][0].as_str().map(String::from))
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    addrs
+}
+
 fn exists(cp: &ControlPlane, kind: &str, name: &str, ns: &str) -> bool {
     cp.k_try(&["get", kind, name, "-n", ns]).map(|(ok, _)| ok).unwrap_or(false)
 }
@@ -138,12 +149,7 @@ fn chart_operator_members_restart_and_replicas() {
         &log,
     );
     eprintln!("3 members allocated {:?} after the MeshNetwork was applied", t0.elapsed());
-    let mut addrs: Vec<String> = members(&cp, "default")
-        .iter()
-        .map(|m| m["spec"]["overlayAddresses"][0].as_str().unwrap().to_string())
-        .collect();
-    addrs.sort();
-    addrs.dedup();
+    let addrs = distinct_addresses(&cp);
     assert_eq!(addrs.len(), 3, "duplicate addresses: {addrs:?}");
     for a in &addrs {
         assert!(a.starts_with("100.64."), "{a} outside allocateFrom 100.64.0.0/16");
@@ -228,12 +234,7 @@ fn chart_operator_members_restart_and_replicas() {
     let before = (rv("daemonset", &format!("{mn}-agent")), rv("deployment", &format!("{mn}-rolodex")));
     cp.apply(&node("node-6", "10.244.6.0/24")).unwrap();
     wait("node-6's member with two replicas", 30, || members(&cp, "default").len() == 5, &log);
-    let mut addrs: Vec<String> = members(&cp, "default")
-        .iter()
-        .map(|m| m["spec"]["overlayAddresses"][0].as_str().unwrap().to_string())
-        .collect();
-    addrs.sort();
-    addrs.dedup();
+    let addrs = distinct_addresses(&cp);
     assert_eq!(addrs.len(), 5, "two replicas allocated a duplicate: {addrs:?}");
     let after = (rv("daemonset", &format!("{mn}-agent")), rv("deployment", &format!("{mn}-rolodex")));
     assert_eq!(

@@ -173,18 +173,7 @@ pub async fn run_until(
 }
 
 /// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
-            }
-        }
-        _ => std::future::pending().await,
-    }
-}
+pub use rolodex::service::shutdown_signal;
 
 /// Completes once `stop` says so (or its sender is gone).
 pub(crate) async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {

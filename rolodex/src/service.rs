@@ -117,3 +117,17 @@ pub async fn run(cfg: ServiceConfig, shutdown: impl Future<Output = ()>) -> anyh
     tracing::info!("rolodex stopped");
     Ok(())
 }
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
