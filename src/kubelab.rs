@@ -51,14 +51,26 @@ impl ControlPlane {
         let tools = ok(&mut Command::new(repo.join("tests/k8s/install-tools.sh")))?;
         let bin = PathBuf::from(tools.lines().last().context("install-tools printed nothing")?.trim());
         let dir = std::env::temp_dir().join(format!("rolomesh-k8s-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        ok(Command::new(repo.join("tests/k8s/control-plane.sh"))
-            .arg("start")
-            .arg(&dir)
-            .env("ROLOMESH_K8S_BIN", &bin)
-            .env("ROLOMESH_APISERVER_EXTRA_SANS", RELAY_IP))
-        .context("starting the control plane")?;
+        // Free ports are picked before the components bind them, so two control planes starting at the same
+        // moment (parallel tests) can collide; a fresh attempt picks new ports.
+        let mut attempt = 0;
+        loop {
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir)?;
+            let started = ok(Command::new(repo.join("tests/k8s/control-plane.sh"))
+                .arg("start")
+                .arg(&dir)
+                .env("ROLOMESH_K8S_BIN", &bin)
+                .env("ROLOMESH_APISERVER_EXTRA_SANS", RELAY_IP));
+            match started {
+                Ok(_) => break,
+                Err(e) if attempt < 2 => {
+                    eprintln!("control plane start failed, retrying: {e:#}");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.context("starting the control plane")),
+            }
+        }
         let env = std::fs::read_to_string(dir.join("env")).context("reading control plane env")?;
         let server = env
             .lines()

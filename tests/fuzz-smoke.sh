@@ -81,7 +81,7 @@ for t in "${targets[@]}"; do
     else
         failed+=("$t")
         echo "   FAILED: $t"
-        { grep -E "panicked at|^ERROR: libFuzzer|^==[0-9]+==ERROR|SUMMARY:|^thread '" "$log" || true; } |
+        { grep -E -A2 "panicked at|^ERROR: libFuzzer|^==[0-9]+==ERROR" "$log" || true; } |
             head -n 20 | sed 's/^/   | /'
         artifact="$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n 1)"
         if [[ -n "$artifact" && -f "$artifact" ]]; then

@@ -14,7 +14,7 @@ use agent::crypto::{OVERHEAD, REPLAY_WINDOW, ReplayWindow, Session, SessionKeys,
 use agent::dtls::Role;
 use libfuzzer_sys::fuzz_target;
 use ring::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-use rolomesh_fuzz::Unstructured;
+use rolomesh_fuzz::{Unstructured, take};
 
 const MATERIAL: [u8; 40] = {
     let mut m = [0u8; 40];
@@ -120,7 +120,7 @@ fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         match u.int_in_range(0..=6u8)? {
             // Raw bytes (often shaped like a data header): never authentic.
             0 => {
-                let mut d = u.bytes(u.int_in_range(0..=200usize)?.min(u.len()))?.to_vec();
+                let mut d = take(u, 0, 200)?;
                 if u.arbitrary()? && d.len() >= 4 {
                     d[0] = header::TYPE_DATA;
                     d[1..4].fill(0);
@@ -134,7 +134,7 @@ fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
             // Authentic packet with a chosen counter.
             1 | 2 => {
                 let c = counter(u, &model)?;
-                let payload = u.bytes(u.int_in_range(0..=64usize)?.min(u.len()))?.to_vec();
+                let payload = take(u, 0, 64)?;
                 let pkt = forger.seal(c, &payload);
                 assert_eq!(header::peek_rx_index(&pkt), Some(RX_INDEX));
                 assert_eq!(header::peek_counter(&pkt), Some(c));
@@ -147,7 +147,7 @@ fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
             // Tampered authentic packet: rejected, and the window must not move.
             3 => {
                 let c = counter(u, &model)?;
-                let payload = u.bytes(u.int_in_range(0..=64usize)?.min(u.len()))?.to_vec();
+                let payload = take(u, 0, 64)?;
                 let mut pkt = forger.seal(c, &payload);
                 let i = u.choose_index(pkt.len())?;
                 pkt[i] ^= u.int_in_range(1..=255u8)?;
@@ -163,8 +163,9 @@ fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
             }
             // The real sender, in order.
             5 => {
-                let payload = u.bytes(u.int_in_range(0..=64usize)?.min(u.len()))?.to_vec();
-                let mut buf = vec![0u8; header::LEN + payload.len() + header::TAG_LEN + u.int_in_range(0..=8usize)?];
+                let payload = take(u, 0, 64)?;
+                let mut buf =
+                    vec![0u8; header::LEN + payload.len() + header::TAG_LEN + u.int_in_range(0..=8usize)?];
                 buf[header::LEN..header::LEN + payload.len()].copy_from_slice(&payload);
                 let c = theirs.send.counter();
                 let n = theirs.seal(&mut buf, payload.len(), RX_INDEX).expect("seal");

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use agent::dtls::{AcceptIdentity, Handshake, Role, is_client_hello, is_dtls};
 use libfuzzer_sys::fuzz_target;
-use rolomesh_fuzz::Unstructured;
+use rolomesh_fuzz::{Unstructured, take};
 
 const PSK: [u8; 32] = [7; 32];
 const CLIENT_ID: &[u8] = b"rm1;alpha;0000000000000001;00010001";
@@ -57,7 +57,7 @@ fn handshake_msg(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
     // certificate_request, server_hello_done, certificate_verify, client_key_exchange, finished.
     const TYPES: [u8; 11] = [0, 1, 2, 3, 11, 12, 13, 14, 15, 16, 20];
     let ty = *u.choose(&TYPES)?;
-    let body = u.bytes(u.int_in_range(0..=300usize)?.min(u.len()))?.to_vec();
+    let body = take(u, 0, 300)?;
     let len = body.len() as u32;
     let msg_seq: u16 = u.int_in_range(0..=6)?;
     let (off, frag) = if u.ratio(1u8, 4)? {
@@ -78,7 +78,7 @@ fn handshake_msg(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
 /// One datagram: raw bytes, or one to three harness-framed records.
 fn datagram(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
     if u.ratio(1u8, 5)? {
-        return Ok(u.bytes(u.int_in_range(0..=400usize)?.min(u.len()))?.to_vec());
+        return take(u, 0, 400);
     }
     let mut d = Vec::new();
     for _ in 0..u.int_in_range(1..=3u8)? {
@@ -88,7 +88,7 @@ fn datagram(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
             // change_cipher_spec is one byte 1; alerts are level and description.
             20 if u.arbitrary()? => vec![1],
             21 if u.arbitrary()? => vec![u.int_in_range(1..=2)?, u.arbitrary()?],
-            _ => u.bytes(u.int_in_range(0..=200usize)?.min(u.len()))?.to_vec(),
+            _ => take(u, 0, 200)?,
         };
         d.extend(record(u, content, &body)?);
     }
@@ -206,6 +206,10 @@ fn pair(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                 timers(&mut server, now);
             }
         }
+    }
+    if std::env::var_os("ROLOMESH_FUZZ_DEBUG").is_some() {
+        eprintln!("pair: client established {} failed {}", client.is_established(), client.failed());
+        eprintln!("pair: server established {} failed {}", server.is_established(), server.failed());
     }
     if let (Some(c), Some(s)) = (client.established(), server.established()) {
         assert_eq!(c.keys.send, s.keys.recv, "client and server disagree on keys");

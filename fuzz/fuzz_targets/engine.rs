@@ -26,7 +26,9 @@ use rolodex::IpNet;
 use rolodex::keys::{self, KeyUse};
 use rolodex::proto::{Body, FrameKey, MAX_NAME, Message, PeerEntry};
 use rolodex::server::{Server, ServerConfig};
-use rolomesh_fuzz::{Unstructured, WALL0, body, ip, ip_packet, ipnet, name, pick_addr, seq_near, steered_datagram};
+use rolomesh_fuzz::{
+    Unstructured, WALL0, body, ip, ip_packet, ipnet, name, pick_addr, seq_near, steered_datagram, take,
+};
 
 const NETWORK: &str = "fuzznet";
 const SECRET: &[u8] = b"rolomesh-fuzz-test-secret-0123456789";
@@ -86,8 +88,8 @@ impl World {
         let (ov_a, ov_b) = (v4(100, 64, 0, 1), v4(100, 64, 0, 2));
         let rolodex_key = keys::derive(SECRET, NETWORK, KeyUse::Rolodex);
         let server = Server::new(ServerConfig::default(), &[(NETWORK.to_string(), rolodex_key)], now, 1);
-        let a = Engine::new(config("node-a", ov_a, addr_a, a_routes()), now, WALL0, 11);
-        let b = Engine::new(config("node-b", ov_b, addr_b, vec![]), now, WALL0, 22);
+        let a = Engine::new(config("node-a", ov_a, addr_a, a_routes()), now, 11);
+        let b = Engine::new(config("node-b", ov_b, addr_b, vec![]), now, 22);
         Self {
             start: now,
             now,
@@ -194,7 +196,12 @@ impl World {
             for p in n.engine.peers() {
                 if p.is_up() {
                     assert!(p.session.is_some(), "{} sees {} up without a session", n.engine.name(), p.name);
-                    assert!(p.endpoint.is_some(), "{} sees {} up without an endpoint", n.engine.name(), p.name);
+                    assert!(
+                        p.endpoint.is_some(),
+                        "{} sees {} up without an endpoint",
+                        n.engine.name(),
+                        p.name
+                    );
                 }
             }
         }
@@ -241,7 +248,11 @@ fn rolodex_frame(u: &mut Unstructured<'_>, w: &mut World) -> arbitrary::Result<V
             }
             let listing = if u.arbitrary()? {
                 let pages = u.int_in_range(1..=3u16)?;
-                Some(rolodex::proto::Listing { id: u.int_in_range(0..=3)?, page: u.int_in_range(0..=pages - 1)?, pages })
+                Some(rolodex::proto::Listing {
+                    id: u.int_in_range(0..=3)?,
+                    page: u.int_in_range(0..=pages - 1)?,
+                    pages,
+                })
             } else {
                 None
             };
@@ -258,7 +269,7 @@ fn rolodex_frame(u: &mut Unstructured<'_>, w: &mut World) -> arbitrary::Result<V
 
 fn tun_packet(u: &mut Unstructured<'_>, w: &World, from: usize) -> arbitrary::Result<Vec<u8>> {
     if u.ratio(1u8, 6)? {
-        return Ok(u.bytes(u.int_in_range(0..=80usize)?.min(u.len()))?.to_vec());
+        return take(u, 0, 80);
     }
     let own = w.nodes[from].overlay;
     let dsts = [
@@ -270,8 +281,8 @@ fn tun_packet(u: &mut Unstructured<'_>, w: &World, from: usize) -> arbitrary::Re
     ];
     let src = if u.ratio(7u8, 8)? { own } else { ip(u)? };
     let dst = if u.ratio(7u8, 8)? { *u.choose(&dsts)? } else { ip(u)? };
-    let payload = u.bytes(u.int_in_range(0..=64usize)?.min(u.len()))?;
-    Ok(ip_packet(src, dst, payload))
+    let payload = take(u, 0, 64)?;
+    Ok(ip_packet(src, dst, &payload))
 }
 
 fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
@@ -347,7 +358,8 @@ fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                 let to = usize::from(u.arbitrary::<bool>()?);
                 let sender = name(u, 1, MAX_NAME)?;
                 let inc = if u.arbitrary()? { w.nodes[1 - to].engine.incarnation() } else { u.arbitrary()? };
-                let p = Probe { pong: u.arbitrary()?, tx_id: u.arbitrary()?, incarnation: inc, sender: &sender };
+                let p =
+                    Probe { pong: u.arbitrary()?, tx_id: u.arbitrary()?, incarnation: inc, sender: &sender };
                 let d = w.probe_key.encode(&p);
                 let src = pick_addr(u, &w.known_addrs())?;
                 let dst = w.nodes[to].addr;
@@ -377,9 +389,9 @@ fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
             }
             18 => {
                 w.restarts += 1;
-                let (now, wall) = (w.now, w.wall());
+                let now = w.now;
                 let b = &mut w.nodes[1];
-                b.engine = Engine::new(config("node-b", b.overlay, b.addr, vec![]), now, wall, 22 + w.restarts);
+                b.engine = Engine::new(config("node-b", b.overlay, b.addr, vec![]), now, 22 + w.restarts);
                 w.timers();
             }
             // The wall clock steps (NTP), monotonic time does not.
@@ -390,6 +402,16 @@ fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         }
         w.check();
     }
-    let _ = w.nodes.iter().map(|n| n.engine.stats().drops.iter().sum::<u64>()).sum::<u64>();
+    if std::env::var_os("ROLOMESH_FUZZ_DEBUG").is_some() {
+        eprintln!("after {:?}: {} in flight", w.now.duration_since(w.start), w.net.len());
+        for n in &w.nodes {
+            let peers: Vec<_> = n
+                .engine
+                .peers()
+                .map(|p| (p.name.clone(), p.state, p.stats.tx_packets, p.stats.rx_packets))
+                .collect();
+            eprintln!("  {}: peers {peers:?}, stats {:?}", n.engine.name(), n.engine.stats());
+        }
+    }
     Ok(())
 }

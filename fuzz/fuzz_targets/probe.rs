@@ -32,7 +32,8 @@ fuzz_target!(|data: &[u8]| {
 
 fn structured(key: &ProbeKey, u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     let sender = name(u, 0, 80)?;
-    let p = Probe { pong: u.arbitrary()?, tx_id: u.arbitrary()?, incarnation: u.arbitrary()?, sender: &sender };
+    let p =
+        Probe { pong: u.arbitrary()?, tx_id: u.arbitrary()?, incarnation: u.arbitrary()?, sender: &sender };
     let wire = key.encode(&p);
     let decoded = key.decode(&wire);
     if (1..=63).contains(&sender.len()) {

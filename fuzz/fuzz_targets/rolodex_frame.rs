@@ -12,7 +12,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use rolodex::proto::{self, FrameKey, MAX_FRAME};
-use rolomesh_fuzz::{Unstructured, message, seal_raw_frame};
+use rolomesh_fuzz::{Unstructured, message, seal_raw_frame, take};
 
 const NETWORK: &str = "fuzznet";
 const KEY: [u8; 32] = [0x42; 32];
@@ -76,7 +76,7 @@ fn structured(key: &FrameKey, u: &mut Unstructured<'_>) -> arbitrary::Result<()>
     let cut = u.choose_index(frame.len())?;
     assert!(key.open(&frame[..cut]).is_err(), "truncated to {cut} accepted");
     let mut longer = frame.clone();
-    longer.extend_from_slice(u.bytes(u.int_in_range(1..=16)?.min(u.len()))?);
+    longer.extend_from_slice(&take(u, 1, 16)?);
     if longer.len() > frame.len() {
         assert!(key.open(&longer).is_err(), "extended frame accepted");
     }

@@ -45,7 +45,8 @@ fn packet(p: &[u8]) {
         }
         (None, None) => {
             let v = p.first().map(|b| b >> 4);
-            let ok4 = v == Some(4) && usize::from(p[0] & 0xf) * 4 >= 20 && p.len() >= usize::from(p[0] & 0xf) * 4;
+            let ok4 =
+                v == Some(4) && usize::from(p[0] & 0xf) * 4 >= 20 && p.len() >= usize::from(p[0] & 0xf) * 4;
             let ok6 = v == Some(6) && p.len() >= 40;
             assert!(!ok4 && !ok6, "well-formed header rejected");
         }
@@ -103,7 +104,8 @@ fn table(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
             break;
         }
         // Reuse earlier prefixes and addresses near them, so lookups and removals hit.
-        let net = if !nets.is_empty() && u.arbitrary()? { nets[u.choose_index(nets.len())?] } else { ipnet(u)? };
+        let net =
+            if !nets.is_empty() && u.arbitrary()? { nets[u.choose_index(nets.len())?] } else { ipnet(u)? };
         match u.int_in_range(0..=5u8)? {
             0 | 1 => {
                 let v: u16 = u.arbitrary()?;

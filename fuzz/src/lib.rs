@@ -10,8 +10,7 @@ pub use arbitrary::{Result, Unstructured};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use rolodex::IpNet;
 use rolodex::proto::{
-    self, Ack, Body, Listing, MAX_CANDIDATES, MAX_NAME, MAX_OVERLAY, MAX_ROUTES, Message, PeerEntry,
-    Register,
+    self, Ack, Body, Listing, MAX_CANDIDATES, MAX_NAME, MAX_OVERLAY, MAX_ROUTES, Message, PeerEntry, Register,
 };
 
 /// A plausible wall clock (2027) in microseconds since the Unix epoch.
@@ -66,7 +65,11 @@ pub fn name(u: &mut Unstructured<'_>, min: usize, max: usize) -> Result<String> 
     Ok(s)
 }
 
-fn list<T>(u: &mut Unstructured<'_>, max: usize, mut f: impl FnMut(&mut Unstructured<'_>) -> Result<T>) -> Result<Vec<T>> {
+fn list<T>(
+    u: &mut Unstructured<'_>,
+    max: usize,
+    mut f: impl FnMut(&mut Unstructured<'_>) -> Result<T>,
+) -> Result<Vec<T>> {
     let n = u.int_in_range(0..=max)?;
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
@@ -151,7 +154,11 @@ pub fn seal_raw_frame(network: &str, key: &[u8; 32], nonce: [u8; 12], plain: &[u
     let mut body = plain.to_vec();
     let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte key"));
     let tag = key
-        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&frame[..header_len]), &mut body)
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(&frame[..header_len]),
+            &mut body,
+        )
         .expect("seal");
     frame.extend_from_slice(&body);
     frame.extend_from_slice(tag.as_ref());
@@ -192,8 +199,13 @@ pub fn ip_packet(src: IpAddr, dst: IpAddr, payload: &[u8]) -> Vec<u8> {
 pub fn steered_datagram(u: &mut Unstructured<'_>) -> Result<Vec<u8>> {
     const FIRST: [u8; 10] = [0x01, 0x02, 0x03, 20, 21, 22, 23, 24, 25, proto::MAGIC];
     let first = *u.choose(&FIRST)?;
-    let len = u.int_in_range(0..=1400usize)?;
     let mut d = vec![first];
-    d.extend_from_slice(u.bytes(len.min(u.len()))?);
+    d.extend(take(u, 0, 1400)?);
     Ok(d)
+}
+
+/// `min..=max` fuzzer bytes (fewer if the input runs out).
+pub fn take(u: &mut Unstructured<'_>, min: usize, max: usize) -> Result<Vec<u8>> {
+    let n = u.int_in_range(min..=max)?.min(u.len());
+    Ok(u.bytes(n)?.to_vec())
 }
