@@ -121,6 +121,8 @@ pub struct Engine {
     rng: StdRng,
     generation: u16,
     stats: Stats,
+    /// Fallback deadline base when there is nothing to wait for (the engine reads no clock).
+    created: Instant,
 }
 
 impl Engine {
@@ -160,6 +162,7 @@ impl Engine {
             generation: rng.random(),
             rng,
             stats: Stats::default(),
+            created: now,
             cfg,
         }
     }
@@ -241,10 +244,14 @@ impl Engine {
                 peer.stats.tx_bytes += len as u64;
                 Some((endpoint, n))
             }
-            Err(_) => {
-                // Counter exhausted: a new handshake replaces the session.
+            Err(crypto::CryptoError::CounterExhausted { .. }) => {
+                // A new handshake replaces the session.
                 link::restart(self, slot, now);
                 self.drop(DropReason::NoLink);
+                None
+            }
+            Err(_) => {
+                self.drop(DropReason::Malformed);
                 None
             }
         }
@@ -377,7 +384,7 @@ impl Engine {
     pub fn poll_timeout(&self) -> Instant {
         let clients = self.clients.iter().map(Client::poll_timeout);
         let peers = self.peers.iter().flatten().map(link::poll_timeout);
-        clients.chain(peers).min().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+        clients.chain(peers).min().unwrap_or(self.created + Duration::from_secs(3600))
     }
 
     pub fn handle_timeout(&mut self, now: Instant, wall_us: u64) {

@@ -30,7 +30,12 @@ impl ProbeKey {
     }
 
     pub fn encode(&self, p: &Probe<'_>) -> Vec<u8> {
-        let name = &p.sender.as_bytes()[..p.sender.len().min(MAX_NAME)];
+        // Cut at a character boundary so the peer can still decode the name as UTF-8.
+        let mut end = p.sender.len().min(MAX_NAME);
+        while !p.sender.is_char_boundary(end) {
+            end -= 1;
+        }
+        let name = &p.sender.as_bytes()[..end];
         let mut out = Vec::with_capacity(21 + name.len() + MAC_LEN);
         out.extend_from_slice(&[if p.pong { PONG } else { PING }, 0, 0, 0]);
         out.extend_from_slice(&p.tx_id.to_be_bytes());
