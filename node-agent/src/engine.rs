@@ -313,6 +313,9 @@ impl Engine {
         if peer.endpoint != Some(src) {
             tracing::info!(peer = %peer.name, from = ?peer.endpoint, to = %src, "peer roamed");
             peer.endpoint = Some(src);
+            // As in `link::remember_addr`: forget this peer's stale addresses (the endpoint is now `src`).
+            let (candidates, endpoint) = (&peer.candidates, peer.endpoint);
+            self.by_addr.retain(|a, s| *s != slot || candidates.contains(a) || endpoint == Some(*a));
             self.by_addr.insert(src, slot);
             // Answer at once, so a peer checking its new address hears back without waiting a keepalive.
             let mut ka = [0u8; crypto::OVERHEAD];

@@ -401,7 +401,7 @@ pub fn handle_probe(e: &mut Engine, now: Instant, src: SocketAddr, buf: &[u8]) {
         let pong = Probe { pong: true, tx_id: probe.tx_id, incarnation: e.incarnation, sender: &e.cfg.name };
         e.out.push_back(Transmit { dst: src, payload: e.probe_key.encode(&pong), ttl: None });
         if let Some(slot) = slot {
-            e.by_addr.insert(src, slot);
+            remember_addr(e, slot, src);
             let punching = match peer_mut(e, slot) {
                 Some(p) if p.state == LinkState::Punching => {
                     p.contact = true;
@@ -435,7 +435,7 @@ pub fn handle_probe(e: &mut Engine, now: Instant, src: SocketAddr, buf: &[u8]) {
         p.state = LinkState::Handshaking;
         p.since = now;
         let client = p.role == Role::Client;
-        e.by_addr.insert(src, slot);
+        remember_addr(e, slot, src);
         if client {
             start_client_handshake(e, slot, now);
         }
@@ -582,4 +582,17 @@ pub fn client_hello_random(buf: &[u8]) -> Option<[u8; 32]> {
     let is_hello =
         buf.len() >= 59 && buf[0] == 22 && buf[3..5] == [0, 0] && buf[13] == 1 && buf[19..22] == [0, 0, 0];
     is_hello.then(|| buf[27..59].try_into().ok()).flatten()
+}
+
+/// Maps `src` to the peer in `slot`, forgetting that peer's other addresses that are neither candidates
+/// nor its endpoint, so probes from ever-new sources (or NAT rebinding) cannot grow the map without bound.
+pub fn remember_addr(e: &mut Engine, slot: usize, src: SocketAddr) {
+    if e.by_addr.get(&src) == Some(&slot) {
+        return;
+    }
+    if let Some(p) = e.peers.get(slot).and_then(Option::as_ref) {
+        let (candidates, endpoint) = (&p.candidates, p.endpoint);
+        e.by_addr.retain(|a, s| *s != slot || candidates.contains(a) || endpoint == Some(*a));
+    }
+    e.by_addr.insert(src, slot);
 }
