@@ -229,6 +229,7 @@ impl AgentConfig {
             ipv4: self.overlay_v4,
             ipv6: self.overlay_v6,
             mtu: self.mtu.resolve(ipv6_underlay),
+            offload: true,
         }
     }
 }

@@ -1,22 +1,28 @@
 //! The agent's I/O edge: one UDP socket, the TUN device and timers, driving the sans-IO [`Engine`].
 //!
-//! A single task owns the engine, so nothing on the packet path takes a lock; buffers are allocated once.
+//! A single task owns the engine, so nothing on the packet path takes a lock; buffers are allocated once and
+//! packets move in batches ([`crate::datapath`]): TSO/GRO on the TUN side, GSO/GRO on the socket.
 
 use std::future::Future;
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
-use crate::engine::{Engine, EngineConfig, HEADROOM, Inbound, Transmit};
+use crate::datapath::{Inbound, Outbound};
+use crate::engine::{Engine, EngineConfig, HEADROOM, Transmit};
 use crate::kube::Snapshot;
 use crate::metrics::Metrics;
 use crate::sysroutes::KernelRoutes;
 use crate::tun::{Tun, TunConfig};
+use crate::udp::{self, MAX_SEGMENTS, SendError};
 use crate::{iface, routes};
 
 pub struct RunConfig {
@@ -32,9 +38,11 @@ pub fn wall_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
-const SOCKET_BUFFER: usize = 4 << 20;
+/// Socket buffers absorb bursts between our batches; more than the usual rmem_max, as wireguard-go does.
+const SOCKET_BUFFER: usize = 7 << 20;
 const DEFAULT_TTL: u32 = 64;
-const BUF_LEN: usize = 65536;
+/// Batches handled per wake-up before the other direction and the timers get their turn.
+const BUDGET: usize = 8;
 
 /// Binds the one socket used for the rolodex and every peer, dual-stack when an IPv6 rolodex is configured.
 fn bind(port: u16, v6: bool) -> anyhow::Result<UdpSocket> {
@@ -47,9 +55,7 @@ fn bind(port: u16, v6: bool) -> anyhow::Result<UdpSocket> {
     if v6 {
         s.set_only_v6(false).context("enabling dual-stack UDP")?;
     }
-    // Best effort: bigger buffers absorb bursts; the kernel caps them at rmem_max/wmem_max.
-    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    udp::set_buffers(s.as_raw_fd(), SOCKET_BUFFER);
     s.set_nonblocking(true)?;
     s.bind(&addr.into()).with_context(|| format!("cannot bind UDP port {port}"))?;
     UdpSocket::from_std(s.into()).context("registering UDP socket")
@@ -60,16 +66,6 @@ fn to_socket(dst: SocketAddr, v6: bool) -> SocketAddr {
     match (dst, v6) {
         (SocketAddr::V4(a), true) => SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port()),
         _ => dst,
-    }
-}
-
-fn from_socket(src: SocketAddr) -> SocketAddr {
-    match src {
-        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
-            None => src,
-        },
-        v4 => v4,
     }
 }
 
@@ -141,37 +137,27 @@ pub async fn run_with_status(
         tokio::spawn(crate::metrics::serve(addr, metrics.registry.clone(), status.clone()).await?);
     }
 
-    let mut rx = vec![0u8; BUF_LEN];
-    let mut tx = vec![0u8; BUF_LEN];
+    let fd = socket.as_raw_fd();
+    let mut net = BatchIo { gso: udp::gso_available(fd), v6 };
+    let gro = udp::enable_gro(fd);
+    tracing::info!(gso = net.gso, gro, tun_offload = tun.offload(), "data path");
+    let mut outbound = Outbound::new(tun.mtu());
+    let mut inbound = Inbound::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut refresh = tokio::time::interval(Duration::from_secs(30));
     tokio::pin!(shutdown);
     loop {
         let deadline = tokio::time::Instant::from_std(engine.poll_timeout());
         tokio::select! {
-            biased;
             _ = &mut shutdown => break,
-            r = socket.recv_from(&mut rx) => match r {
-                Ok((n, src)) => {
-                    if let Inbound::Deliver(range) = engine.handle_datagram(Instant::now(), wall_us(), from_socket(src), &mut rx[..n])
-                        && let Err(e) = tun.send(&rx[range]).await
-                    {
-                        tracing::debug!(error = %e, "TUN write failed");
-                    }
-                }
-                // ICMP errors from earlier sends (port unreachable while punching) surface here.
-                Err(e) => tracing::trace!(error = %e, "UDP receive error"),
-            },
-            r = tun.recv(&mut tx[HEADROOM..]) => match r {
-                Ok(n) => {
-                    if let Some((dst, len)) = engine.encrypt_outbound(Instant::now(), &mut tx, n)
-                        && let Err(e) = socket.send_to(&tx[..len], to_socket(dst, v6)).await
-                    {
-                        tracing::trace!(%dst, error = %e, "UDP send failed");
-                    }
-                }
-                Err(e) => return Err(e).context("reading from the TUN device"),
-            },
+            r = socket.readable() => {
+                r.context("waiting on the UDP socket")?;
+                from_network(&socket, &tun, &mut engine, &mut inbound, &mut net).await;
+            }
+            r = tun.readable() => {
+                r.context("waiting on the TUN device")?;
+                to_network(&socket, &tun, &mut engine, &mut outbound, &mut net).await?;
+            }
             _ = tokio::time::sleep_until(deadline) => engine.handle_timeout(Instant::now(), wall_us()),
             _ = tick.tick() => {
                 metrics.update(&engine);
@@ -194,6 +180,118 @@ pub async fn run_with_status(
     tracing::info!(tun = tun.name(), "shutting down; removing TUN device");
     drop(tun);
     Ok(())
+}
+
+struct BatchIo {
+    /// UDP GSO works; cleared for good the first time the kernel refuses it.
+    gso: bool,
+    v6: bool,
+}
+
+/// Drains the socket: received datagrams go through the engine, opened packets to TUN in batches.
+async fn from_network(
+    socket: &UdpSocket,
+    tun: &Tun,
+    engine: &mut Engine,
+    rx: &mut Inbound,
+    net: &mut BatchIo,
+) {
+    let fd = socket.as_raw_fd();
+    for _ in 0..BUDGET {
+        match socket.try_io(Interest::READABLE, || rx.recv.recv(fd)) {
+            Ok(_) => rx.received(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            // ICMP errors from earlier sends (port unreachable while punching) surface here.
+            Err(e) => {
+                tracing::trace!(error = %e, "UDP receive error");
+                return;
+            }
+        }
+        let (now, wall) = (Instant::now(), wall_us());
+        loop {
+            let more = rx.open(engine, now, wall);
+            if rx.has_ready() {
+                let (gro, bufs) = rx.ready();
+                if let Err(e) = tun.send_batch(gro, bufs, HEADROOM).await {
+                    tracing::debug!(error = %e, "TUN write failed");
+                }
+                rx.clear();
+            }
+            if !more {
+                break;
+            }
+        }
+        // Handshake and probe answers go out before the next batch.
+        while let Some(t) = engine.poll_transmit() {
+            send_control(socket, net.v6, &t).await;
+        }
+    }
+}
+
+/// Drains TUN: packets are sealed in place and leave in GSO runs. Only a dead device is an error; a packet
+/// the offload code cannot parse is dropped.
+async fn to_network(
+    socket: &UdpSocket,
+    tun: &Tun,
+    engine: &mut Engine,
+    tx: &mut Outbound,
+    net: &mut BatchIo,
+) -> anyhow::Result<()> {
+    for _ in 0..BUDGET {
+        let mut drained = false;
+        while tx.has_room() {
+            let (scratch, bufs, sizes) = tx.next_read();
+            match tun.try_recv_batch(scratch, bufs, sizes, HEADROOM) {
+                Ok(n) => tx.seal_read(engine, Instant::now(), n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
+                Err(e) if e.raw_os_error().is_some() => return Err(e).context("reading from the TUN device"),
+                Err(e) => tracing::debug!(error = %e, "dropped a packet from TUN"),
+            }
+        }
+        send_runs(socket, tx, net).await;
+        tx.clear();
+        if drained {
+            break;
+        }
+    }
+    Ok(())
+}
+
+async fn send_runs(socket: &UdpSocket, tx: &Outbound, net: &mut BatchIo) {
+    let fd = socket.as_raw_fd();
+    let mut from = 0;
+    while let Some((run, dst, seg)) = tx.next_run(from) {
+        from = run.end;
+        let mut slices: [&[u8]; MAX_SEGMENTS] = [&[]; MAX_SEGMENTS];
+        let n = tx.datagrams(run, &mut slices);
+        let addr = socket2::SockAddr::from(to_socket(dst, net.v6));
+        loop {
+            let gso = net.gso;
+            let r = socket
+                .async_io(Interest::WRITABLE, || {
+                    match udp::send_segments(fd, &addr, &slices[..n], seg, gso) {
+                        Ok(()) => Ok(true),
+                        Err(SendError::GsoRefused) => Ok(false),
+                        Err(SendError::Io(e)) => Err(e),
+                    }
+                })
+                .await;
+            match r {
+                Ok(true) => break,
+                Ok(false) => {
+                    tracing::warn!("UDP GSO refused by the kernel or device; sending datagrams one by one");
+                    net.gso = false;
+                }
+                Err(e) => {
+                    tracing::trace!(%dst, error = %e, "UDP send failed");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 fn engine_candidates(e: &Engine) -> Vec<SocketAddr> {

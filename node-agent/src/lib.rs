@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod crypto;
+pub mod datapath;
 pub mod driver;
 pub mod dtls;
 pub mod engine;
@@ -13,3 +14,4 @@ pub mod probe;
 pub mod routes;
 pub mod sysroutes;
 pub mod tun;
+pub mod udp;

@@ -10,9 +10,14 @@ mod tests;
 use std::ffi::CString;
 use std::io;
 
-use tun_rs::{AsyncDevice, DeviceBuilder};
+use tun_rs::{AsyncDevice, DeviceBuilder, ExpandBuffer, GROTable};
 
 use crate::routes::IpNet;
+
+pub use tun_rs::{GROTable as GroTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN as VNET_HDR_LEN};
+
+/// Bytes [`Tun::try_recv_batch`] needs for one raw read: a virtio header and a 64 KiB packet.
+pub const SCRATCH_LEN: usize = VNET_HDR_LEN + 65535;
 
 pub use mtu::{DATA_OVERHEAD, auto_mtu, default_route_interface, underlay_mtu};
 
@@ -32,6 +37,9 @@ pub struct TunConfig {
     /// Our overlay IPv6 address with the overlay prefix length, e.g. `fd52::1/64`.
     pub ipv6: Option<IpNet>,
     pub mtu: u32,
+    /// Ask for TSO/USO offloads (IFF_VNET_HDR): the kernel hands us 64 KiB TCP segments to split and
+    /// accepts coalesced ones. Falls back to plain packets where the kernel refuses.
+    pub offload: bool,
 }
 
 /// One-line errors. The OS error is part of the message and not also a `source()`, so
@@ -63,6 +71,7 @@ pub struct Tun {
     dev: AsyncDevice,
     name: String,
     mtu: u32,
+    offload: bool,
 }
 
 impl std::fmt::Debug for Tun {
@@ -86,14 +95,24 @@ impl Tun {
         if interface_exists(&name) {
             return Err(TunError::NameInUse { name });
         }
-        let dev = DeviceBuilder::new()
-            .name(name.as_str())
-            .inherit_enable_state() // we bring it up ourselves, after configuring
-            .with(|b| {
-                b.packet_information(false).offload(false).multi_queue(false);
-            })
-            .build_sync()
-            .map_err(|e| create_error(&name, e))?;
+        let build = |offload: bool| {
+            DeviceBuilder::new()
+                .name(name.as_str())
+                .inherit_enable_state() // we bring it up ourselves, after configuring
+                .with(|b| {
+                    b.packet_information(false).offload(offload).multi_queue(false);
+                })
+                .build_sync()
+        };
+        let (dev, offload) = match build(cfg.offload) {
+            Ok(d) => (d, cfg.offload),
+            // Old kernels refuse IFF_VNET_HDR or TUNSETOFFLOAD with EINVAL; plain packets still work.
+            Err(e) if cfg.offload && e.raw_os_error() == Some(libc::EINVAL) && !interface_exists(&name) => {
+                tracing::warn!(error = %e, "TUN offloads unavailable; using one packet per read");
+                (build(false).map_err(|e| create_error(&name, e))?, false)
+            }
+            Err(e) => return Err(create_error(&name, e)),
+        };
         // From here on, dropping `dev` deletes the interface again.
         let step = |what: &str, r: io::Result<()>| {
             r.map_err(|err| TunError::Configure { name: name.clone(), what: what.to_owned(), err })
@@ -114,22 +133,53 @@ impl Tun {
             what: "registering with tokio".into(),
             err: e,
         })?;
-        Ok(Tun { dev, name, mtu: cfg.mtu })
+        Ok(Tun { dev, name, mtu: cfg.mtu, offload })
     }
 
-    /// Reads one IP packet (the kernel sending toward the overlay).
-    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.dev.recv(buf).await
+    /// Waits until a read may succeed (it may still return `WouldBlock`).
+    pub async fn readable(&self) -> io::Result<()> {
+        self.dev.readable().await
     }
 
-    /// Writes one IP packet (delivering it to the local stack).
-    pub async fn send(&self, pkt: &[u8]) -> io::Result<usize> {
-        self.dev.send(pkt).await
+    /// Reads one packet from the kernel without waiting and splits it into `bufs` (a TSO segment becomes
+    /// MTU-sized packets with their checksums filled in): packet `i` is `bufs[i][offset..offset + sizes[i]]`.
+    /// `scratch` holds the raw read and must fit [`SCRATCH_LEN`]. Returns the number of packets.
+    pub fn try_recv_batch<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        scratch: &mut [u8],
+        bufs: &mut [B],
+        sizes: &mut [usize],
+        offset: usize,
+    ) -> io::Result<usize> {
+        self.dev.try_recv_multiple(scratch, bufs, sizes, offset)
     }
 
-    /// Non-blocking write: `WouldBlock` if the device queue is full.
-    pub fn try_send(&self, pkt: &[u8]) -> io::Result<usize> {
-        self.dev.try_send(pkt)
+    /// Like [`Tun::try_recv_batch`], waiting for a packet.
+    pub async fn recv_batch<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        scratch: &mut [u8],
+        bufs: &mut [B],
+        sizes: &mut [usize],
+        offset: usize,
+    ) -> io::Result<usize> {
+        self.dev.recv_multiple(scratch, bufs, sizes, offset).await
+    }
+
+    /// Writes the packets `bufs[i][offset..]` to the kernel, coalescing TCP (and with USO, UDP) flows into
+    /// large segments when offloads are on. `offset` leaves room for the virtio header and must be at least
+    /// [`VNET_HDR_LEN`]; buffers need spare capacity (up to 64 KiB) for coalescing to happen.
+    pub async fn send_batch<B: ExpandBuffer>(
+        &self,
+        gro: &mut GROTable,
+        bufs: &mut [B],
+        offset: usize,
+    ) -> io::Result<usize> {
+        self.dev.send_multiple(gro, bufs, offset).await
+    }
+
+    /// Whether the device runs with offloads (virtio headers on every read and write).
+    pub fn offload(&self) -> bool {
+        self.offload
     }
 
     pub fn name(&self) -> &str {

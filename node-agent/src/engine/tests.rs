@@ -2,7 +2,7 @@
 //! and attacks, on a virtual clock. Every test is deterministic (seeded), runs in simulated time, and
 //! asserts something a user of the mesh would notice.
 
-mod sim;
+pub(crate) mod sim;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;

@@ -10,7 +10,7 @@ fn net(s: &str) -> IpNet {
 }
 
 fn cfg(name: &str) -> TunConfig {
-    TunConfig { name: name.into(), ipv4: Some(net("198.18.0.1/24")), ipv6: None, mtu: 1400 }
+    TunConfig { name: name.into(), ipv4: Some(net("198.18.0.1/24")), ipv6: None, mtu: 1400, offload: false }
 }
 
 #[test]
@@ -103,12 +103,15 @@ fn ip_cmd(args: &[&str]) -> (bool, String) {
 /// Reads packets until one satisfies `want`, skipping the kernel's own chatter (IPv6 router
 /// solicitations, MLD reports).
 async fn recv_until(tun: &Tun, want: impl Fn(&[u8]) -> bool) -> Vec<u8> {
-    let mut buf = vec![0u8; 2048];
+    let mut scratch = vec![0u8; SCRATCH_LEN];
+    let mut bufs = vec![vec![0u8; 2048]; 64];
+    let mut sizes = vec![0usize; 64];
     let wait = async {
         loop {
-            let n = tun.recv(&mut buf).await.unwrap_or_else(|e| panic!("recv: {e}"));
-            if want(&buf[..n]) {
-                return buf[..n].to_vec();
+            let n = tun.recv_batch(&mut scratch, &mut bufs, &mut sizes, 0).await;
+            let n = n.unwrap_or_else(|e| panic!("recv: {e}"));
+            if let Some(i) = (0..n).find(|&i| want(&bufs[i][..sizes[i]])) {
+                return bufs[i][..sizes[i]].to_vec();
             }
         }
     };
@@ -135,22 +138,26 @@ fn create_configure_exchange_and_remove() {
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("runtime: {e}"));
-        rt.block_on(exchange_in_namespace());
+        // Both kinds of device: plain packets, and virtio headers with offloads.
+        rt.block_on(exchange_in_namespace(false));
+        rt.block_on(exchange_in_namespace(true));
     });
     if let Err(panic) = run.join() {
         std::panic::resume_unwind(panic);
     }
 }
 
-async fn exchange_in_namespace() {
+async fn exchange_in_namespace(offload: bool) {
     let pid = std::process::id();
     let name = format!("rmtest{}", pid % 1000);
     let third = (pid % 250) as u8;
     let v4 = net(&format!("198.18.{third}.1/24"));
     let v6 = net(&format!("fd52:7e57:{third:x}::1/64"));
-    let tun = Tun::create(&TunConfig { name: name.clone(), ipv4: Some(v4), ipv6: Some(v6), mtu: 1400 })
-        .unwrap_or_else(|e| panic!("{e}"));
+    let tun =
+        Tun::create(&TunConfig { name: name.clone(), ipv4: Some(v4), ipv6: Some(v6), mtu: 1400, offload })
+            .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(tun.name(), name);
+    assert_eq!(tun.offload(), offload, "this kernel supports TUN offloads");
 
     let (ok, out) = ip_cmd(&["addr", "show", "dev", &name]);
     assert!(ok, "ip addr show dev {name} failed");
@@ -161,7 +168,7 @@ async fn exchange_in_namespace() {
     assert!(out.contains(",UP") || out.contains("<UP"), "{out}");
 
     // A second device with the same name is refused while the first lives.
-    let again = Tun::create(&TunConfig { name: name.clone(), ipv4: None, ipv6: None, mtu: 1400 });
+    let again = Tun::create(&TunConfig { name: name.clone(), ipv4: None, ipv6: None, mtu: 1400, offload });
     assert!(matches!(again, Err(TunError::NameInUse { .. })), "{again:?}");
 
     // Kernel -> TUN: UDP to an overlay peer address is routed into the device.
@@ -181,7 +188,10 @@ async fn exchange_in_namespace() {
     // TUN -> kernel: an echo request "from the peer" is answered back into the device.
     let IpAddr::V4(me) = v4.addr() else { unreachable!("v4 is IPv4") };
     let req = icmp_echo_request(peer4, me);
-    tun.send(&req).await.unwrap_or_else(|e| panic!("send: {e}"));
+    let mut out = vec![0u8; VNET_HDR_LEN + 6];
+    out.extend_from_slice(&req);
+    let sent = tun.send_batch(&mut GroTable::default(), &mut [out], VNET_HDR_LEN + 6).await;
+    sent.unwrap_or_else(|e| panic!("send: {e}"));
     let reply = recv_until(&tun, |p| {
         dst_of_packet(p) == Some(IpAddr::V4(peer4)) && p.get(9) == Some(&1) && p.get(20) == Some(&0)
     })
