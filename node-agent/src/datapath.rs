@@ -2,9 +2,9 @@
 //!
 //! Outbound: one TUN read may return a 64 KiB TCP segment (TSO), split into MTU-sized packets in
 //! [`Outbound::bufs`]; each is sealed in place and runs of equal-size datagrams to one peer leave as one GSO
-//! send. Inbound: one `recvmmsg` returns GRO trains of datagrams; each is opened into its own buffer in
-//! [`Inbound`], and the batch is written to TUN where TCP segments are coalesced again (GRO) before the
-//! kernel sees them. The engine stays sans-IO: this module only arranges its per-packet calls.
+//! send. Inbound: one `recvmmsg` returns GRO trains of datagrams; each is opened in place in [`Inbound`],
+//! and runs of TCP segments go to TUN coalesced again ([`crate::gro`]) as one `writev` of new headers and
+//! the payloads where they lie. The engine stays sans-IO: this module only arranges its per-packet calls.
 
 #[cfg(test)]
 mod tests;
@@ -15,11 +15,8 @@ use std::time::Instant;
 
 use crate::crypto::OVERHEAD;
 use crate::engine::{Engine, HEADROOM, Inbound as Verdict};
-use crate::tun::{GroTable, IDEAL_BATCH_SIZE, SCRATCH_LEN};
-use crate::udp::{MAX_GSO_BYTES, MAX_SEGMENTS, RecvBatch};
-
-/// Capacity of each inbound buffer: room to coalesce a 64 KiB segment behind the headroom.
-const INBOUND_CAPACITY: usize = 2 * HEADROOM + 65536;
+use crate::tun::{IDEAL_BATCH_SIZE, SCRATCH_LEN};
+use crate::udp::{MAX_GSO_BYTES, MAX_SEGMENTS, RECV_SLOTS, RecvBatch};
 
 /// Sealed packets waiting to be sent, read from TUN in one or more batches.
 pub struct Outbound {
@@ -112,15 +109,11 @@ impl Outbound {
     }
 }
 
-/// Received datagrams and the opened packets waiting for a TUN write.
+/// Received datagrams, opened in place: the packets stay in the receive buffers until written to TUN.
 pub struct Inbound {
     pub recv: RecvBatch,
-    /// Opened packets at `[HEADROOM..]`; each keeps 64 KiB of capacity so GRO can coalesce into it.
-    pub bufs: Vec<Vec<u8>>,
-    pub gro: GroTable,
-    ready: usize,
-    /// Resume point in the received batch: message, byte offset.
-    cursor: (usize, usize),
+    /// Opened packets as ranges of the receive buffer.
+    opened: Vec<Range<usize>>,
 }
 
 impl Default for Inbound {
@@ -131,61 +124,39 @@ impl Default for Inbound {
 
 impl Inbound {
     pub fn new() -> Self {
-        Self {
-            recv: RecvBatch::new(),
-            bufs: (0..IDEAL_BATCH_SIZE).map(|_| Vec::with_capacity(INBOUND_CAPACITY)).collect(),
-            gro: GroTable::default(),
-            ready: 0,
-            cursor: (0, 0),
-        }
+        Self { recv: RecvBatch::new(), opened: Vec::with_capacity(RECV_SLOTS * MAX_SEGMENTS) }
     }
 
-    /// Call after each successful [`RecvBatch::recv`].
-    pub fn received(&mut self) {
-        self.cursor = (0, 0);
-    }
-
-    /// Hands the received datagrams to the engine until all are done (returns `false`) or the packet
-    /// buffers are full (returns `true`: write [`Inbound::ready`] to TUN, [`Inbound::clear`], call again).
-    pub fn open(&mut self, engine: &mut Engine, now: Instant, wall_us: u64) -> bool {
-        let (mut msg, mut off) = self.cursor;
-        while msg < self.recv.count() {
+    /// Hands every datagram of the last receive to the engine; packets to deliver are then
+    /// [`Inbound::packet`] `0..`[`Inbound::len`].
+    pub fn open(&mut self, engine: &mut Engine, now: Instant, wall_us: u64) {
+        self.opened.clear();
+        for msg in 0..self.recv.count() {
             let (meta, bytes) = self.recv.message(msg);
+            let base = meta.offset();
+            let mut off = 0;
             while off < meta.len {
-                if self.ready == self.bufs.len() {
-                    self.cursor = (msg, off);
-                    return true;
-                }
                 let end = (off + meta.stride).min(meta.len);
-                let buf = &mut self.bufs[self.ready];
-                buf.clear();
-                buf.extend_from_slice(&bytes[off..end]);
-                off = end;
-                if let Verdict::Deliver(range) = engine.handle_datagram(now, wall_us, meta.src, buf) {
-                    if range.start != HEADROOM {
-                        buf.copy_within(range.clone(), HEADROOM);
-                    }
-                    buf.truncate(HEADROOM + range.len());
-                    self.ready += 1;
+                if let Verdict::Deliver(r) =
+                    engine.handle_datagram(now, wall_us, meta.src, &mut bytes[off..end])
+                {
+                    self.opened.push(base + off + r.start..base + off + r.end);
                 }
+                off = end;
             }
-            msg += 1;
-            off = 0;
         }
-        self.cursor = (msg, 0);
-        false
     }
 
-    /// Opened packets for [`crate::tun::Tun::send_batch`] with offset [`HEADROOM`].
-    pub fn ready(&mut self) -> (&mut GroTable, &mut [Vec<u8>]) {
-        (&mut self.gro, &mut self.bufs[..self.ready])
+    pub fn len(&self) -> usize {
+        self.opened.len()
     }
 
-    pub fn has_ready(&self) -> bool {
-        self.ready > 0
+    pub fn is_empty(&self) -> bool {
+        self.opened.is_empty()
     }
 
-    pub fn clear(&mut self) {
-        self.ready = 0;
+    /// Opened packet `i`.
+    pub fn packet(&self, i: usize) -> &[u8] {
+        self.recv.bytes(self.opened[i].clone())
     }
 }

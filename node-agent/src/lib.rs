@@ -6,6 +6,7 @@ pub mod datapath;
 pub mod driver;
 pub mod dtls;
 pub mod engine;
+pub mod gro;
 pub mod iface;
 pub mod kube;
 pub mod metrics;

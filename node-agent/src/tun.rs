@@ -154,6 +154,18 @@ impl Tun {
         self.dev.try_recv_multiple(scratch, bufs, sizes, offset)
     }
 
+    /// Like [`Tun::try_recv_batch`], but asks the kernel even when the reactor saw no readiness (busy polling).
+    pub fn poll_recv_batch<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        scratch: &mut [u8],
+        bufs: &mut [B],
+        sizes: &mut [usize],
+        offset: usize,
+    ) -> io::Result<usize> {
+        let dev: &tun_rs::DeviceImpl = &self.dev;
+        dev.recv_multiple(scratch, bufs, sizes, offset)
+    }
+
     /// Like [`Tun::try_recv_batch`], waiting for a packet.
     pub async fn recv_batch<B: AsRef<[u8]> + AsMut<[u8]>>(
         &self,
@@ -175,6 +187,11 @@ impl Tun {
         offset: usize,
     ) -> io::Result<usize> {
         self.dev.send_multiple(gro, bufs, offset).await
+    }
+
+    /// Writes one packet gathered from `parts`; with offloads the first part is the virtio header.
+    pub async fn send_vectored(&self, parts: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.dev.send_vectored(parts).await
     }
 
     /// Whether the device runs with offloads (virtio headers on every read and write).

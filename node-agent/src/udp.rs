@@ -151,6 +151,13 @@ pub struct RecvMeta {
     pub src: SocketAddr,
 }
 
+impl RecvMeta {
+    /// Where the message starts in the batch's buffer (see [`RecvBatch::bytes`]).
+    pub fn offset(&self) -> usize {
+        self.slot * SLOT_LEN
+    }
+}
+
 /// Reusable `recvmmsg` buffers.
 pub struct RecvBatch {
     bufs: Vec<u8>,
@@ -243,8 +250,13 @@ impl RecvBatch {
     /// Message `i` of the last [`RecvBatch::recv`]: metadata and its bytes, for in-place processing.
     pub fn message(&mut self, i: usize) -> (RecvMeta, &mut [u8]) {
         let m = self.meta[i];
-        let start = m.slot * SLOT_LEN;
+        let start = m.offset();
         (m, &mut self.bufs[start..start + m.len.min(SLOT_LEN)])
+    }
+
+    /// Bytes `range` of the whole receive buffer (ranges come from [`RecvMeta::offset`]).
+    pub fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
+        &self.bufs[range]
     }
 }
 

@@ -198,6 +198,16 @@ fn build(raw: FileConfig) -> Result<AgentConfig, ConfigError> {
         Some("json") => LogFormat::Json,
         Some(v) => return Err(invalid("log-format", v, "expected text or json")),
     };
+    let busy_poll = match raw.busy_poll {
+        None => Duration::ZERO,
+        Some(v) => {
+            let d = parse_duration(&v).map_err(|reason| invalid("busy-poll", &v, reason))?;
+            if d > Duration::from_millis(10) {
+                return Err(invalid("busy-poll", &v, "must be at most 10ms"));
+            }
+            d
+        }
+    };
     let specs = raw
         .rolodex
         .iter()
@@ -227,6 +237,7 @@ fn build(raw: FileConfig) -> Result<AgentConfig, ConfigError> {
         punch_ttl,
         metrics_listen,
         log_format,
+        busy_poll,
         kube: None,
     })
 }
@@ -357,12 +368,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         let (unit, tail) = rest.split_at(unit_len);
         rest = tail;
         let part = match unit {
+            "us" => Some(Duration::from_micros(n)),
             "ms" => Some(Duration::from_millis(n)),
             "s" => Some(Duration::from_secs(n)),
             "m" => n.checked_mul(60).map(Duration::from_secs),
             "h" => n.checked_mul(3600).map(Duration::from_secs),
             "" => return Err(format!("missing unit ({HINT})")),
-            _ => return Err(format!("unknown unit {unit:?} (use ms, s, m or h)")),
+            _ => return Err(format!("unknown unit {unit:?} (use us, ms, s, m or h)")),
         };
         total = part.and_then(|p| total.checked_add(p)).ok_or_else(|| "duration too large".to_string())?;
     }

@@ -187,6 +187,7 @@ fn flags_override_the_file() {
     assert_eq!((c.tun_name.as_str(), c.mtu, c.listen_port), ("rmx", Mtu::Auto, 0));
     assert_eq!((c.keepalive, c.heartbeat), (Duration::from_millis(500), Duration::from_secs(120)));
     assert_eq!((c.punch_ttl, c.metrics_listen, c.log_format), (1, None, LogFormat::Text));
+    assert_eq!(c.busy_poll, Duration::ZERO, "busy polling is off unless asked for");
     // Untouched fields keep the file's values.
     assert_eq!(c.secret.as_bytes(), &SECRET[..32]);
 }
@@ -274,9 +275,11 @@ fn every_bad_field() {
         (&["--listen-port=-1"], "expected a port number"),
         (&["--keepalive", "25"], r#"invalid keepalive "25": missing unit (e.g. 25s, 500ms, 2m)"#),
         (&["--keepalive", "10ms"], r#"invalid keepalive "10ms": must be between 100ms and 1h"#),
-        (&["--heartbeat", "2d"], r#"invalid heartbeat "2d": unknown unit "d" (use ms, s, m or h)"#),
+        (&["--heartbeat", "2d"], r#"invalid heartbeat "2d": unknown unit "d" (use us, ms, s, m or h)"#),
         (&["--heartbeat", "2h"], "must be between 100ms and 1h"),
         (&["--punch-ttl", "0"], r#"invalid punch-ttl "0": expected a hop count 1-255"#),
+        (&["--busy-poll", "1s"], r#"invalid busy-poll "1s": must be at most 10ms"#),
+        (&["--busy-poll", "fast"], r#"invalid busy-poll "fast": expected a number"#),
         (&["--punch-ttl", "256"], "expected a hop count 1-255"),
         (
             &["--metrics-listen", "9464"],
@@ -377,7 +380,8 @@ fn durations() {
     {
         assert!(d(bad).is_err(), "{bad:?} accepted");
     }
-    assert_eq!(d("10x"), Err(r#"unknown unit "x" (use ms, s, m or h)"#.into()));
+    assert_eq!(d("150us"), Ok(Duration::from_micros(150)));
+    assert_eq!(d("10x"), Err(r#"unknown unit "x" (use us, ms, s, m or h)"#.into()));
 }
 
 #[test]

@@ -7,6 +7,9 @@ use std::net::Ipv4Addr;
 
 use super::*;
 use crate::engine::tests::sim::{Sim, ipv4_packet, secs};
+use crate::gro::tests::tcp;
+use crate::gro::{Merge, next_merge};
+use std::net::IpAddr;
 
 thread_local! {
     static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
@@ -87,18 +90,9 @@ fn deliver(s: &mut Sim, from: usize, to: usize, tx: &Outbound, rx: &mut Inbound)
         let train: Vec<u8> = slices[..n].concat();
         rx.recv.push(src, seg, &train);
     }
-    rx.received();
     let (now, wall) = (s.now, s.wall());
-    let mut out = vec![];
-    loop {
-        let more = rx.open(s.engine_mut(to), now, wall);
-        let (_, ready) = rx.ready();
-        out.extend(ready.iter().map(|b| b[HEADROOM..].to_vec()));
-        rx.clear();
-        if !more {
-            return out;
-        }
-    }
+    rx.open(s.engine_mut(to), now, wall);
+    (0..rx.len()).map(|i| rx.packet(i).to_vec()).collect()
 }
 
 fn packets(s: &Sim, a: usize, b: usize, count: usize, len: usize) -> Vec<Vec<u8>> {
@@ -169,13 +163,13 @@ fn tampered_and_replayed_datagrams_in_a_train_are_never_delivered() {
 }
 
 #[test]
-fn more_datagrams_than_buffers_are_opened_across_several_flushes() {
+fn a_full_receive_batch_opens_every_train() {
     let (mut s, a, b) = linked();
     let mut rx = Inbound::new();
     let mut want = vec![];
     let src = s.endpoint(b, a).expect("endpoint");
     rx.recv.reset();
-    for _ in 0..4 {
+    for _ in 0..crate::udp::RECV_SLOTS {
         let mut tx = Outbound::new(MTU);
         let pkts = packets(&s, a, b, 64, 200);
         read_and_seal(&mut s, a, &mut tx, &pkts);
@@ -185,21 +179,11 @@ fn more_datagrams_than_buffers_are_opened_across_several_flushes() {
         rx.recv.push(src, seg, &slices[..n].concat());
         want.extend(pkts);
     }
-    rx.received();
     let (now, wall) = (s.now, s.wall());
-    let mut got = vec![];
-    let mut flushes = 0;
-    loop {
-        let more = rx.open(s.engine_mut(b), now, wall);
-        got.extend(rx.ready().1.iter().map(|p| p[HEADROOM..].to_vec()));
-        rx.clear();
-        flushes += 1;
-        if !more {
-            break;
-        }
-    }
+    rx.open(s.engine_mut(b), now, wall);
+    let got: Vec<Vec<u8>> = (0..rx.len()).map(|i| rx.packet(i).to_vec()).collect();
+    assert_eq!(got.len(), 16 * 64);
     assert_eq!(got, want);
-    assert_eq!(flushes, 2, "256 packets through 128 buffers");
 }
 
 #[test]
@@ -207,7 +191,11 @@ fn steady_state_batches_do_not_allocate() {
     let (mut s, a, b) = linked();
     let mut tx = Outbound::new(MTU);
     let mut rx = Inbound::new();
-    let pkts = packets(&s, a, b, 45, MTU as usize);
+    // TCP segments of one flow, so the TUN writer's coalescing runs too.
+    let (from, to) = (IpAddr::V4(s.hosts[a].overlay), IpAddr::V4(s.hosts[b].overlay));
+    let mss = MTU as usize - 52;
+    let pkts: Vec<Vec<u8>> =
+        (0..45).map(|i| tcp(from, to, 40000, (i * mss) as u32, 0x10, &vec![i as u8; mss])).collect();
     let src = s.endpoint(b, a).expect("endpoint");
     let (now, wall) = (s.now, s.wall());
     let mut train = vec![0u8; 45 * (MTU as usize + OVERHEAD)];
@@ -229,12 +217,12 @@ fn steady_state_batches_do_not_allocate() {
         }
         rx.recv.reset();
         rx.recv.push(src, seg, &train[..len]);
-        rx.received();
-        let more = rx.open(s.engine_mut(b), now, wall);
-        assert!(!more);
-        let delivered = rx.ready().1.len();
-        rx.clear();
-        delivered
+        rx.open(s.engine_mut(b), now, wall);
+        // What the TUN writer does: plan the coalesced writes.
+        let mut m = Merge::default();
+        next_merge(|k| rx.packet(k), rx.len(), 0, &mut m);
+        assert_eq!((m.start, m.end), (0, 45), "one coalesced write");
+        rx.len()
     };
     // Warm up: lazily initialised state (CPU feature detection, first packet counters) may allocate once.
     for _ in 0..3 {

@@ -5,11 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use crds::{Condition, Link, LinkState, MeshMemberStatus};
+use crds::{Condition, Link, LinkState, MAX_STATUS_LINKS, MeshMemberStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use super::snapshot::Snapshot;
+use super::snapshot::{PeerSnapshot, Snapshot};
 use crate::peer;
 
 pub const READY: &str = "Ready";
@@ -108,11 +108,25 @@ pub fn conditions(
     vec![ready, connected]
 }
 
+/// The peers whose links the status lists: all of them up to [`MAX_STATUS_LINKS`], else those not up
+/// first; in name order either way (`peers` is sorted by name).
+fn listed(peers: &[PeerSnapshot]) -> Vec<&PeerSnapshot> {
+    if peers.len() <= MAX_STATUS_LINKS {
+        return peers.iter().collect();
+    }
+    let (mut out, up): (Vec<_>, Vec<_>) = peers.iter().partition(|p| p.state != peer::LinkState::Up);
+    out.truncate(MAX_STATUS_LINKS);
+    out.extend(up.into_iter().take(MAX_STATUS_LINKS - out.len()));
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
 /// The status document for one snapshot; `conditions` from [`conditions`].
 pub fn build(snap: &Snapshot, conditions: Vec<Condition>, now: Timestamp) -> MeshMemberStatus {
-    let links = snap
-        .peers
-        .iter()
+    let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    let up = snap.peers.iter().filter(|p| p.state == peer::LinkState::Up).count();
+    let links = listed(&snap.peers)
+        .into_iter()
         .map(|p| Link {
             peer: p.name.clone(),
             state: link_state(p.state),
@@ -131,6 +145,8 @@ pub fn build(snap: &Snapshot, conditions: Vec<Condition>, now: Timestamp) -> Mes
         .collect();
     MeshMemberStatus {
         public_endpoint: snap.reflexive.map(|a| a.to_string()),
+        peers: Some(count(snap.peers.len())),
+        connected_peers: Some(count(up)),
         links,
         conditions,
         last_heartbeat: Some(Time(whole_seconds(now))),
@@ -147,6 +163,8 @@ pub fn stopped(
     let msg = || message.to_string();
     MeshMemberStatus {
         public_endpoint: None,
+        peers: None,
+        connected_peers: None,
         links: vec![],
         conditions: vec![
             condition(previous, READY, false, "AgentStopped", msg(), now, generation),

@@ -90,6 +90,31 @@ fn status_from_a_snapshot() {
 }
 
 #[test]
+fn a_big_mesh_lists_a_bounded_number_of_links_the_broken_ones_first() {
+    let now = ts(1_000);
+    let mut snap = snapshot();
+    snap.peers = (0..999).map(|i| peer(&format!("n{i:03}"), peer::LinkState::Up)).collect();
+    for i in [5, 500, 998] {
+        snap.peers[i].state = peer::LinkState::Down;
+    }
+    let s = status::build(&snap, status::conditions(&snap, &[], now, None), now);
+    assert_eq!((s.peers, s.connected_peers), (Some(999), Some(996)));
+    assert_eq!(s.links.len(), crds::MAX_STATUS_LINKS);
+    let names: Vec<_> = s.links.iter().map(|l| l.peer.as_str()).collect();
+    for broken in ["n005", "n500", "n998"] {
+        assert!(names.contains(&broken), "{broken} missing from {names:?}");
+    }
+    assert!(names.windows(2).all(|w| w[0] < w[1]), "not sorted: {names:?}");
+    let json = serde_json::to_vec(&s).unwrap_or_else(|e| panic!("{e}"));
+    assert!(json.len() < 10_000, "{} bytes for 999 peers", json.len());
+
+    // A small mesh lists every link, in name order.
+    let small = snapshot();
+    let s = status::build(&small, status::conditions(&small, &[], now, None), now);
+    assert_eq!((s.links.len(), s.peers, s.connected_peers), (3, Some(3), Some(1)));
+}
+
+#[test]
 fn connected_and_ready_edge_cases() {
     let now = ts(1_000);
     let lonely = Snapshot { rolodexes: vec![(addr("192.0.2.1:6264"), true)], ..Snapshot::default() };
