@@ -65,7 +65,7 @@ pub struct Args {
     pub log_format: Option<String>,
     /// Keep polling for packets this long after the last one instead of sleeping, e.g. 100us: lower
     /// latency for some CPU while traffic flows; 0 disables, at most 10ms [default: 0]
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", env = "ROLOMESH_BUSY_POLL")]
     pub busy_poll: Option<String>,
     /// `--kube` and the flags that go with it (boxed: the binary's subcommand enum stays small).
     #[command(flatten)]

@@ -251,7 +251,7 @@ async fn deliver(tun: &Tun, rx: &Inbound) {
         let mut parts = [io::IoSlice::new(&[]); MAX_MERGE + 2];
         let mut n = 0;
         if tun.offload() {
-            gro::next_merge(|k| rx.packet(k), rx.len(), i, &mut m);
+            gro::next_merge(|k| rx.packet(k), rx.len(), i, tun.udp_offload(), &mut m);
             parts[0] = io::IoSlice::new(&m.vnet);
             n = 1;
         } else {
@@ -289,6 +289,7 @@ async fn to_network(
     let mut got = false;
     for _ in 0..BUDGET {
         let mut drained = false;
+        let now = Instant::now();
         while tx.has_room() {
             let (scratch, bufs, sizes) = tx.next_read();
             let r = if direct {
@@ -299,7 +300,7 @@ async fn to_network(
             match r {
                 Ok(n) => {
                     got = true;
-                    tx.seal_read(engine, Instant::now(), n);
+                    tx.seal_read(engine, now, n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     drained = true;

@@ -22,6 +22,7 @@ const MAX_IP_LEN: usize = 65535;
 
 const GSO_TCPV4: u8 = 1;
 const GSO_TCPV6: u8 = 4;
+const GSO_UDP_L4: u8 = 5;
 const F_NEEDS_CSUM: u8 = 1;
 const TCP_PSH: u8 = 0x08;
 const TCP_ACK: u8 = 0x10;
@@ -124,12 +125,23 @@ fn continues(first: &[u8], f: &Tcp, prev: &Tcp, q: &[u8], t: &Tcp, total: usize)
 }
 
 /// Finds the run starting at `start` among `count` packets (`packet(i)` returns packet `i`) and fills `m`.
-pub fn next_merge<'a>(packet: impl Fn(usize) -> &'a [u8], count: usize, start: usize, m: &mut Merge) {
+/// `udp`: the device takes UDP segmentation offload (USO, Linux 6.2+), so UDP datagrams of one flow are
+/// merged too (the kernel splits them again before any socket sees them).
+pub fn next_merge<'a>(
+    packet: impl Fn(usize) -> &'a [u8],
+    count: usize,
+    start: usize,
+    udp: bool,
+    m: &mut Merge,
+) {
     m.start = start;
     m.end = start + 1;
     m.vnet = [0; VNET_HDR_LEN];
     m.head_len = 0;
     let first = packet(start);
+    if udp && let Some(u) = parse_udp(first) {
+        return merge_udp(packet, count, first, u, m);
+    }
     let Some(f) = parse(first) else { return };
     let hl = f.ip_len + f.tcp_len;
     let mut prev = f;
@@ -154,26 +166,100 @@ pub fn next_merge<'a>(packet: impl Fn(usize) -> &'a [u8], count: usize, start: u
     let head = &mut m.head[..hl];
     head.copy_from_slice(&first[..hl]);
     let tcp_total = total - f.ip_len;
-    if f.v6 {
-        head[4..6].copy_from_slice(&(tcp_total as u16).to_be_bytes());
+    set_ip_length(head, f.v6, total, tcp_total);
+    head[f.ip_len + 13] |= pushed;
+    let addrs = if f.v6 { &head[8..40] } else { &head[12..20] };
+    let pseudo = fold(sum(addrs, 6 + tcp_total as u64));
+    head[f.ip_len + 16..f.ip_len + 18].copy_from_slice(&pseudo.to_be_bytes());
+    m.head_len = hl;
+    set_vnet(&mut m.vnet, if f.v6 { GSO_TCPV6 } else { GSO_TCPV4 }, hl, f.payload, f.ip_len, 16);
+}
+
+/// A UDP datagram with data: no IP options, fragments or IPv6 extension headers.
+#[derive(Clone, Copy)]
+struct Udp {
+    v6: bool,
+    ip_len: usize,
+    payload: usize,
+}
+
+fn parse_udp(p: &[u8]) -> Option<Udp> {
+    let (v6, ip_len) = match p.first()? >> 4 {
+        4 if p.len() >= 28 && p[0] & 0x0f == 5 && p[9] == 17 && be16(p, 2) == p.len() => {
+            if be16(p, 6) & 0x3fff != 0 {
+                return None;
+            }
+            (false, 20)
+        }
+        6 if p.len() >= 48 && p[6] == 17 && be16(p, 4) + 40 == p.len() => (true, 40),
+        _ => return None,
+    };
+    let payload = p.len() - ip_len - 8;
+    (be16(p, ip_len + 4) == p.len() - ip_len && payload > 0).then_some(Udp { v6, ip_len, payload })
+}
+
+fn merge_udp<'a>(packet: impl Fn(usize) -> &'a [u8], count: usize, first: &[u8], f: Udp, m: &mut Merge) {
+    let hl = f.ip_len + 8;
+    let mut total = first.len();
+    let mut last = f.payload;
+    while m.end < count && m.end - m.start < MAX_MERGE && last == f.payload {
+        let q = packet(m.end);
+        let Some(u) = parse_udp(q) else { break };
+        let same_ip = if f.v6 {
+            first[..4] == q[..4] && first[7] == q[7] && first[8..40] == q[8..40]
+        } else {
+            first[1] == q[1] && first[6] == q[6] && first[8] == q[8] && first[12..20] == q[12..20]
+        };
+        let same_ports = first[f.ip_len..f.ip_len + 4] == q[u.ip_len..u.ip_len + 4];
+        if u.v6 != f.v6 || !same_ip || !same_ports || u.payload > f.payload || total + u.payload > MAX_IP_LEN
+        {
+            break;
+        }
+        total += u.payload;
+        last = u.payload;
+        m.end += 1;
+    }
+    if m.is_single() {
+        return;
+    }
+    let head = &mut m.head[..hl];
+    head.copy_from_slice(&first[..hl]);
+    let udp_total = total - f.ip_len;
+    set_ip_length(head, f.v6, total, udp_total);
+    head[f.ip_len + 4..f.ip_len + 6].copy_from_slice(&(udp_total as u16).to_be_bytes());
+    let addrs = if f.v6 { &head[8..40] } else { &head[12..20] };
+    let pseudo = fold(sum(addrs, 17 + udp_total as u64));
+    head[f.ip_len + 6..f.ip_len + 8].copy_from_slice(&pseudo.to_be_bytes());
+    m.head_len = hl;
+    set_vnet(&mut m.vnet, GSO_UDP_L4, hl, f.payload, f.ip_len, 6);
+}
+
+fn set_ip_length(head: &mut [u8], v6: bool, total: usize, l4_total: usize) {
+    if v6 {
+        head[4..6].copy_from_slice(&(l4_total as u16).to_be_bytes());
     } else {
         head[2..4].copy_from_slice(&(total as u16).to_be_bytes());
         head[10..12].copy_from_slice(&[0, 0]);
         let c = !fold(sum(&head[..20], 0));
         head[10..12].copy_from_slice(&c.to_be_bytes());
     }
-    head[f.ip_len + 13] |= pushed;
-    let addrs = if f.v6 { &head[8..40] } else { &head[12..20] };
-    let pseudo = fold(sum(addrs, 6 + tcp_total as u64));
-    head[f.ip_len + 16..f.ip_len + 18].copy_from_slice(&pseudo.to_be_bytes());
-    m.head_len = hl;
-    // virtio_net_hdr in native byte order: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset.
-    m.vnet[0] = F_NEEDS_CSUM;
-    m.vnet[1] = if f.v6 { GSO_TCPV6 } else { GSO_TCPV4 };
-    m.vnet[2..4].copy_from_slice(&(hl as u16).to_ne_bytes());
-    m.vnet[4..6].copy_from_slice(&(f.payload as u16).to_ne_bytes());
-    m.vnet[6..8].copy_from_slice(&(f.ip_len as u16).to_ne_bytes());
-    m.vnet[8..10].copy_from_slice(&16u16.to_ne_bytes());
+}
+
+/// virtio_net_hdr in native byte order: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset.
+fn set_vnet(
+    v: &mut [u8; VNET_HDR_LEN],
+    gso_type: u8,
+    hdr_len: usize,
+    gso_size: usize,
+    start: usize,
+    off: u16,
+) {
+    v[0] = F_NEEDS_CSUM;
+    v[1] = gso_type;
+    v[2..4].copy_from_slice(&(hdr_len as u16).to_ne_bytes());
+    v[4..6].copy_from_slice(&(gso_size as u16).to_ne_bytes());
+    v[6..8].copy_from_slice(&(start as u16).to_ne_bytes());
+    v[8..10].copy_from_slice(&off.to_ne_bytes());
 }
 
 /// The payload of packet `p` in a run whose headers are `head_len` bytes (all equal, checked by the merge).

@@ -194,6 +194,12 @@ impl Tun {
         self.dev.send_vectored(parts).await
     }
 
+    /// Whether the kernel accepts UDP super-packets (USO, Linux 6.2+).
+    pub fn udp_offload(&self) -> bool {
+        let dev: &tun_rs::DeviceImpl = &self.dev;
+        self.offload && dev.udp_gso()
+    }
+
     /// Whether the device runs with offloads (virtio headers on every read and write).
     pub fn offload(&self) -> bool {
         self.offload

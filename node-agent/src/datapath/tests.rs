@@ -220,7 +220,7 @@ fn steady_state_batches_do_not_allocate() {
         rx.open(s.engine_mut(b), now, wall);
         // What the TUN writer does: plan the coalesced writes.
         let mut m = Merge::default();
-        next_merge(|k| rx.packet(k), rx.len(), 0, &mut m);
+        next_merge(|k| rx.packet(k), rx.len(), 0, true, &mut m);
         assert_eq!((m.start, m.end), (0, 45), "one coalesced write");
         rx.len()
     };

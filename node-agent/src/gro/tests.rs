@@ -53,6 +53,34 @@ pub(crate) fn tcp(src: IpAddr, dst: IpAddr, sport: u16, seq: u32, flags: u8, pay
     p
 }
 
+/// A UDP datagram with correct IP and UDP checksums.
+fn udp(src: IpAddr, dst: IpAddr, sport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = tcp(src, dst, 1, 0, TCP_ACK, &[0]); // borrow the IP header, then rewrite it as UDP
+    let ip_len = if src.is_ipv6() { 40 } else { 20 };
+    p.truncate(ip_len);
+    let udp_len = 8 + payload.len();
+    let mut u = vec![0u8; 8];
+    u[..2].copy_from_slice(&sport.to_be_bytes());
+    u[2..4].copy_from_slice(&5201u16.to_be_bytes());
+    u[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    u.extend_from_slice(payload);
+    if ip_len == 40 {
+        p[6] = 17;
+        p[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    } else {
+        p[9] = 17;
+        p[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+        p[10..12].copy_from_slice(&[0, 0]);
+        let c = checksum(&p, 0);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+    let addrs = if ip_len == 40 { p[8..40].to_vec() } else { p[12..20].to_vec() };
+    let c = checksum(&u, sum(&addrs, 17 + udp_len as u64));
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    p.extend_from_slice(&u);
+    p
+}
+
 /// `data` cut into segments of `mss` bytes, as a TSO split would.
 fn split(src: IpAddr, dst: IpAddr, seq: u32, data: &[u8], mss: usize) -> Vec<Vec<u8>> {
     data.chunks(mss)
@@ -62,11 +90,15 @@ fn split(src: IpAddr, dst: IpAddr, seq: u32, data: &[u8], mss: usize) -> Vec<Vec
 }
 
 fn merges(pkts: &[Vec<u8>]) -> Vec<(usize, usize)> {
+    merges_with(pkts, true)
+}
+
+fn merges_with(pkts: &[Vec<u8>], udp: bool) -> Vec<(usize, usize)> {
     let mut m = Merge::default();
     let mut out = vec![];
     let mut i = 0;
     while i < pkts.len() {
-        next_merge(|k| &pkts[k], pkts.len(), i, &mut m);
+        next_merge(|k| &pkts[k], pkts.len(), i, udp, &mut m);
         out.push((m.start, m.end));
         i = m.end;
     }
@@ -98,7 +130,7 @@ fn a_split_segment_is_rebuilt_exactly_for_both_families() {
         let bytes = data(45 * 1000 + 333);
         let pkts = split(src, dst, 0xffff_f000, &bytes, 1000); // the sequence number wraps inside
         let mut m = Merge::default();
-        next_merge(|k| &pkts[k], pkts.len(), 0, &mut m);
+        next_merge(|k| &pkts[k], pkts.len(), 0, true, &mut m);
         assert_eq!((m.start, m.end), (0, 46), "one super-packet");
         let whole = tcp(src, dst, 40000, 0xffff_f000, TCP_ACK, &bytes);
         assert_eq!(super_packet(&pkts, &m), whole, "headers, lengths and checksums as if sent whole");
@@ -168,6 +200,27 @@ fn non_tcp_and_malformed_packets_are_written_alone() {
     let pkts = vec![udp.clone(), udp, truncated, vec![], vec![0x45]];
     assert_eq!(merges(&pkts), vec![(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]);
     let mut m = Merge::default();
-    next_merge(|k| &pkts[k], pkts.len(), 0, &mut m);
+    next_merge(|k| &pkts[k], pkts.len(), 0, true, &mut m);
     assert_eq!(m.vnet, [0; VNET_HDR_LEN], "a single packet goes with an empty virtio header");
+}
+
+#[test]
+fn udp_datagrams_of_one_flow_merge_only_with_uso() {
+    for (src, dst) in [(A4, B4), (A6, B6)] {
+        let mut pkts: Vec<Vec<u8>> = (0..10).map(|i| udp(src, dst, 40000, &[i; 64])).collect();
+        pkts.push(udp(src, dst, 40000, &[99; 30])); // a shorter last one
+        pkts.push(udp(src, dst, 40000, &[1; 64])); // after a short one: a new run
+        pkts.push(udp(src, dst, 40001, &[1; 64])); // another flow
+        assert_eq!(merges_with(&pkts, false), (0..13).map(|i| (i, i + 1)).collect::<Vec<_>>(), "no USO");
+        assert_eq!(merges(&pkts), vec![(0, 11), (11, 12), (12, 13)]);
+        let mut m = Merge::default();
+        next_merge(|k| &pkts[k], pkts.len(), 0, true, &mut m);
+        // The kernel splits it by gso_size again; what it sees is one datagram of all payloads.
+        let all: Vec<u8> = pkts[..11].iter().flat_map(|p| payload(p, m.head_len).to_vec()).collect();
+        assert_eq!(super_packet(&pkts, &m), udp(src, dst, 40000, &all), "headers and checksums as if whole");
+        assert_eq!((m.vnet[0], m.vnet[1]), (F_NEEDS_CSUM, GSO_UDP_L4));
+        let field = |i: usize| u16::from_ne_bytes([m.vnet[i], m.vnet[i + 1]]);
+        let ip_len: u16 = if src.is_ipv6() { 40 } else { 20 };
+        assert_eq!((field(2), field(4), field(6), field(8)), (ip_len + 8, 64, ip_len, 6));
+    }
 }

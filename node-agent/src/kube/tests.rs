@@ -219,6 +219,28 @@ fn decide_rate_limits_and_heartbeats() {
 }
 
 #[test]
+fn big_meshes_write_less_often() {
+    let s = Duration::from_secs;
+    assert_eq!(status::interval_for(s(10), 3), s(10));
+    assert_eq!(status::interval_for(s(10), 999), Duration::from_millis(29_970));
+    assert_eq!(status::interval_for(s(60), 999), s(60), "a longer configured interval wins");
+    // The whole mesh's rate (members / least gap) stays under 1 / (0.8 * 30 ms) as it grows.
+    for members in [10usize, 100, 1000, 10_000] {
+        let gap = status::jittered(status::interval_for(s(10), members - 1), 0.0);
+        assert!(members as f64 / gap.as_secs_f64() < 42.0, "{members} members");
+    }
+}
+
+#[test]
+fn failed_writes_back_off_up_to_five_minutes() {
+    let s = Duration::from_secs;
+    let steps: Vec<u64> = (0..7).map(|n| status::backoff(s(10), n).as_secs()).collect();
+    assert_eq!(steps, [10, 20, 40, 80, 160, 300, 300]);
+    assert_eq!(status::backoff(s(10), u32::MAX), status::MAX_BACKOFF);
+    assert_eq!(status::backoff(s(3600), 3), s(3600), "never below the interval");
+}
+
+#[test]
 fn jitter_stays_within_twenty_percent() {
     let i = Duration::from_secs(10);
     assert_eq!(jittered(i, 0.0), Duration::from_secs(8));

@@ -1,6 +1,6 @@
 //! The status writer task: turns the driver's snapshots into MeshMember status and writes it with
 //! server-side apply to `/status`, as rarely as [`status::decide`] allows. API errors are logged and retried
-//! at the next interval; nothing here can stop the data plane.
+//! with a doubling gap ([`status::backoff`]); nothing here can stop the data plane.
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,8 @@ pub struct Writer {
     last: Option<LastWrite<MeshMemberStatus>>,
     /// The jittered least time until the next write.
     gap: Duration,
+    /// Consecutive failed writes, for the backoff.
+    failed_in_row: u32,
     pub writes: u64,
     pub failures: u64,
 }
@@ -50,6 +52,7 @@ impl Writer {
             observed: conditions,
             last: None,
             gap,
+            failed_in_row: 0,
             writes: 0,
             failures: 0,
         }
@@ -57,6 +60,9 @@ impl Writer {
 
     /// Runs until the driver drops its sender (shutdown), then hands itself back for the final write.
     pub async fn run(mut self, mut snapshots: watch::Receiver<Snapshot>) -> Self {
+        // Agents started together (a DaemonSet rollout) spread their first writes over one interval.
+        let first = self.interval.mul_f64(rand::rng().random());
+        tokio::time::sleep(first).await;
         while snapshots.changed().await.is_ok() {
             let snap = snapshots.borrow_and_update().clone();
             let now = Timestamp::now();
@@ -69,7 +75,10 @@ impl Writer {
             {
                 let ok = self.write(&doc, reason).await;
                 self.last = Some(LastWrite { at, content: ok.then_some(content) });
-                self.gap = status::jittered(self.interval, rand::rng().random());
+                self.failed_in_row = if ok { 0 } else { self.failed_in_row.saturating_add(1) };
+                let interval = status::interval_for(self.interval, snap.peers.len());
+                let least = status::backoff(interval, self.failed_in_row);
+                self.gap = status::jittered(least, rand::rng().random());
             }
         }
         self
