@@ -98,20 +98,21 @@ fn ping_avg(lab: &Lab, from: &str, to: &str, count: u32) -> anyhow::Result<f64> 
 /// iperf3 single-stream TCP throughput in Gbit/s from `from` to the iperf3 server at `to`.
 fn iperf(lab: &Lab, from: &str, server_host: &str, to: &str) -> anyhow::Result<f64> {
     let server = lab.host(server_host).spawn("iperf3", &["-s", "-1", "-B", to], &[])?;
-    let mut out = String::new();
+    let mut last = String::from("iperf3 never ran");
+    // The server may not listen yet: iperf3 then fails, or reports an error in its JSON.
     for _ in 0..50 {
-        match lab.host(from).run("iperf3", &["-c", to, "-t", "5", "-J"]) {
-            Ok(o) => {
-                out = o;
-                break;
+        if let Ok(out) = lab.host(from).run("iperf3", &["-c", to, "-t", "5", "-J"]) {
+            let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+            if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+                drop(server);
+                return Ok(bps / 1e9);
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            last = v["error"].as_str().unwrap_or("no result in iperf3 output").to_owned();
         }
+        std::thread::sleep(Duration::from_millis(100));
     }
     drop(server);
-    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 result")?;
-    Ok(bps / 1e9)
+    anyhow::bail!("iperf3 {from} -> {to}: {last}")
 }
 
 fn measure(lab: &Lab) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use rolodex::keys::{self, KeyUse};
 use rolodex::service::shutdown_signal;
 
+mod bench;
 mod demo;
 
 #[derive(Parser)]
@@ -41,6 +42,9 @@ enum Cmd {
     Crdgen,
     /// Run the Kubernetes operator: reconcile MeshNetworks into rolodex, agents and members
     Operator(operator::Args),
+    /// Benchmarks on a namespace lab on this machine (root)
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
 }
 
 #[derive(clap::Args)]
@@ -163,6 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Demo(a) => demo::run(a),
+        Cmd::Bench(c) => bench::run(c),
         Cmd::Crdgen => {
             print!("{}", crds::crds_yaml().map_err(anyhow::Error::msg)?);
             Ok(())

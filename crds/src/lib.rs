@@ -6,7 +6,9 @@
 mod member;
 mod network;
 
-pub use member::{Link, LinkState, MeshMember, MeshMemberSpec, MeshMemberStatus, NetworkRef};
+pub use member::{
+    Link, LinkState, MAX_STATUS_LINKS, MeshMember, MeshMemberSpec, MeshMemberStatus, NetworkRef,
+};
 pub use network::{
     AgentSpec, ExternalRolodex, Images, ManagedRolodex, MeshNetwork, MeshNetworkSpec, MeshNetworkStatus,
     OverlaySpec, RolodexSpec, SecretRef, ServiceType,

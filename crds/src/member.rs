@@ -46,12 +46,24 @@ pub struct NetworkRef {
     pub name: String,
 }
 
+/// The most links a member's status lists (see [`MeshMemberStatus::links`]).
+pub const MAX_STATUS_LINKS: usize = 32;
+
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct MeshMemberStatus {
     /// The member's address as the rolodex sees it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_endpoint: Option<String>,
+    /// How many peers this member knows of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<i32>,
+    /// How many of its links are Connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_peers: Option<i32>,
+    /// Every link when there are at most 32 peers; in a bigger mesh 32 of them, those not Connected first
+    /// (sorted by peer name either way): one entry per peer would make each member's status grow with the
+    /// mesh, and the whole mesh's status grow with its square.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<Link>,
     /// Ready (agent running and registered), Connected (links to every peer up).

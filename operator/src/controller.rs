@@ -2,7 +2,6 @@
 //! finalizer) and the one [`error_policy`]. The work itself is in [`crate::network`].
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::metrics::Metrics;
 use crate::resources::{LABEL_MANAGED_BY, LABEL_NETWORK, MANAGED_BY};
+use crate::triggers::{self, Changes};
 use crate::{Error, FINALIZER, Result, network};
 
 /// Requeue after a successful reconcile, to catch drift nobody told us about.
@@ -150,55 +150,6 @@ pub fn error_policy(mn: Arc<MeshNetwork>, err: &Error, ctx: Arc<Context>) -> Act
     Action::requeue(delay)
 }
 
-/// Tells which Node events matter to members: a Node added or deleted, or a change of its labels, taints,
-/// pod CIDRs or deletion mark. Status heartbeats are dropped. After a relist everything is reconciled.
-#[derive(Default)]
-pub struct NodeChanges {
-    seen: HashMap<String, u64>,
-    relisting: HashMap<String, u64>,
-}
-
-fn node_fingerprint(node: &Node) -> u64 {
-    let mut h = DefaultHasher::new();
-    node.metadata.labels.hash(&mut h);
-    node.metadata.deletion_timestamp.is_some().hash(&mut h);
-    if let Some(spec) = &node.spec {
-        (&spec.pod_cidr, &spec.pod_cidrs).hash(&mut h);
-        for t in spec.taints.iter().flatten() {
-            (&t.key, &t.value, &t.effect).hash(&mut h);
-        }
-    }
-    h.finish()
-}
-
-impl NodeChanges {
-    /// Whether `event` should reconcile every MeshNetwork.
-    pub fn relevant(&mut self, event: &watcher::Event<Node>) -> bool {
-        match event {
-            watcher::Event::Apply(n) => {
-                let fp = node_fingerprint(n);
-                self.seen.insert(n.name_any(), fp) != Some(fp)
-            }
-            watcher::Event::Delete(n) => {
-                self.seen.remove(&n.name_any());
-                true
-            }
-            watcher::Event::Init => {
-                self.relisting.clear();
-                false
-            }
-            watcher::Event::InitApply(n) => {
-                self.relisting.insert(n.name_any(), node_fingerprint(n));
-                false
-            }
-            watcher::Event::InitDone => {
-                self.seen = std::mem::take(&mut self.relisting);
-                true
-            }
-        }
-    }
-}
-
 /// The MeshNetworks a Secret matters to: the one it was written for (its labels), and those whose
 /// `spec.secretRef` names it (so creating or rotating a referenced Secret reconciles at once).
 pub fn secret_networks(secret: &Secret, networks: &[Arc<MeshNetwork>]) -> Vec<ObjectRef<MeshNetwork>> {
@@ -219,13 +170,6 @@ pub fn secret_networks(secret: &Secret, networks: &[Arc<MeshNetwork>]) -> Vec<Ob
     out
 }
 
-/// The MeshNetwork a MeshMember belongs to: its `rolomesh.io/network` label, else `spec.networkRef`.
-pub fn member_network(m: &MeshMember) -> Option<ObjectRef<MeshNetwork>> {
-    let ns = m.namespace()?;
-    let name = m.labels().get(LABEL_NETWORK).cloned().unwrap_or_else(|| m.spec.network_ref.name.clone());
-    Some(ObjectRef::new(&name).within(&ns))
-}
-
 fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -236,6 +180,21 @@ where
     }
 }
 
+/// `Some(())` when a watch event should reconcile; a watch error is logged (the watcher retries).
+fn relevant<K: Resource<DynamicType = ()>>(
+    changes: &mut Changes<K>,
+    event: Result<watcher::Event<K>, watcher::Error>,
+    kind: &str,
+) -> Option<()> {
+    match event {
+        Ok(ev) => changes.relevant(&ev).then_some(()),
+        Err(e) => {
+            warn!(error = %e, "{kind} watch failed; retrying");
+            None
+        }
+    }
+}
+
 /// Runs the controller until `stop` fires (in-flight reconciles finish first).
 pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, stop: watch::Receiver<bool>) {
     let networks: Api<MeshNetwork> = scoped(&client, &settings.namespace);
@@ -243,7 +202,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, stop
         error!(error = %e, "cannot list MeshNetworks; are the CRDs (crds/rolomesh.yaml) installed and RBAC granted?");
     }
     let (nodes, writer) = reflector::store::<Node>();
-    let mut changes = NodeChanges::default();
+    let mut node_changes = Changes::new(triggers::node_fingerprint);
     // The cache keeps what member selection reads; Node status (images, conditions) is large and churns.
     let node_watch =
         watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).default_backoff().modify(|n| {
@@ -251,16 +210,16 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, stop
             n.metadata.managed_fields = None;
             n.metadata.annotations = None;
         });
-    let node_triggers = reflector::reflector(writer, node_watch).filter_map(move |ev| {
-        let fire = match ev {
-            Ok(ev) => changes.relevant(&ev),
-            Err(e) => {
-                warn!(error = %e, "Node watch failed; retrying");
-                false
-            }
-        };
-        std::future::ready(fire.then_some(()))
-    });
+    let node_triggers = reflector::reflector(writer, node_watch)
+        .filter_map(move |ev| std::future::ready(relevant(&mut node_changes, ev, "Node")));
+    let mut member_changes = Changes::new(triggers::member_fingerprint);
+    let member_watch =
+        watcher(scoped::<MeshMember>(&client, &settings.namespace), watcher::Config::default())
+            .default_backoff();
+    let member_triggers = member_watch
+        .filter_map(move |ev| std::future::ready(relevant(&mut member_changes, ev, "MeshMember")));
+    // Members: throttled, not only debounced (see `triggers`); every network is reconciled, a cluster has few.
+    let member_triggers = triggers::throttle(member_triggers, triggers::WINDOW);
     let reporter = Reporter { controller: crate::MANAGER.into(), instance: Some(settings.identity.clone()) };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
@@ -283,10 +242,8 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, stop
         .owns(scoped::<Deployment>(&client, &settings.namespace), owned.clone())
         .owns(scoped::<Service>(&client, &settings.namespace), owned.clone())
         .owns(scoped::<DaemonSet>(&client, &settings.namespace), owned)
-        .watches(scoped::<MeshMember>(&client, &settings.namespace), watcher::Config::default(), |m| {
-            member_network(&m)
-        })
         .reconcile_all_on(node_triggers)
+        .reconcile_all_on(member_triggers)
         .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
         .graceful_shutdown_on(crate::stopped(stop))
         .run(reconcile, error_policy, ctx)
@@ -304,7 +261,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, stop
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{host_member, network, node, node_member, owner};
+    use crate::fixtures::{network, owner};
 
     #[test]
     fn retry_backs_off_and_caps() {
@@ -319,30 +276,6 @@ mod tests {
             kube::Error::LinesCodecMaxLineLengthExceeded,
         )));
         assert_eq!((finalizer.reason(), retry_delay(&finalizer, 1).as_secs()), ("FinalizerError", 2));
-    }
-
-    #[test]
-    fn node_changes_ignore_heartbeats() {
-        let mut c = NodeChanges::default();
-        let n1 = node("n1", &[], &["10.244.1.0/24"], &[]);
-        assert!(!c.relevant(&watcher::Event::Init));
-        assert!(!c.relevant(&watcher::Event::InitApply(n1.clone())));
-        assert!(c.relevant(&watcher::Event::InitDone), "a (re)list reconciles all");
-        let mut heartbeat = n1.clone();
-        heartbeat.metadata.resource_version = Some("99".into());
-        heartbeat.status = Some(Default::default());
-        assert!(!c.relevant(&watcher::Event::Apply(heartbeat)));
-        assert!(c.relevant(&watcher::Event::Apply(node("n2", &[], &[], &[]))), "new node");
-        assert!(
-            c.relevant(&watcher::Event::Apply(node("n1", &[("mesh", "yes")], &["10.244.1.0/24"], &[]))),
-            "labels"
-        );
-        assert!(c.relevant(&watcher::Event::Apply(node("n2", &[], &[], &[("t", "NoSchedule")]))), "taints");
-        assert!(c.relevant(&watcher::Event::Delete(node("n2", &[], &[], &[]))));
-        assert!(
-            c.relevant(&watcher::Event::Apply(node("n2", &[], &[], &[("t", "NoSchedule")]))),
-            "back again"
-        );
     }
 
     #[test]
@@ -366,16 +299,5 @@ mod tests {
         assert_eq!(hits.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["prod"]);
         s.metadata.name = Some("unrelated".into());
         assert!(secret_networks(&s, &all).is_empty());
-    }
-
-    #[test]
-    fn members_map_to_their_network() {
-        let r = member_network(&node_member("n1", &[])).unwrap();
-        assert_eq!((r.name.as_str(), r.namespace.as_deref()), ("prod", Some("mesh")));
-        let r = member_network(&host_member("laptop", &[])).unwrap();
-        assert_eq!(r.name, "prod", "falls back to spec.networkRef");
-        let mut m = host_member("x", &[]);
-        m.metadata.namespace = None;
-        assert!(member_network(&m).is_none());
     }
 }

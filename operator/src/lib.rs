@@ -10,6 +10,7 @@
 //! - [`members`]: `MeshMember` per Node, and address allocation;
 //! - [`resources`]: pure builders of the owned objects;
 //! - [`status`]: conditions and status aggregation;
+//! - [`triggers`]: which Node and MeshMember changes reconcile, and how often;
 //! - [`metrics`], [`leader`], [`http`]: the process around the controller.
 
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod network;
 pub mod resources;
 pub mod status;
+pub mod triggers;
 
 /// Field manager for every server-side apply, and the Events' reporting controller.
 pub const MANAGER: &str = "rolomesh-operator";

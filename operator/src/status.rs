@@ -81,13 +81,19 @@ fn condition_true(m: &MeshMember, type_: &str) -> bool {
     m.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == type_ && c.status == "True"))
 }
 
+/// The member's Connected links: its `connectedPeers`, or (from an agent that does not write it) the
+/// Connected entries of `links`.
+pub fn connected_links(m: &MeshMember) -> usize {
+    let Some(s) = m.status.as_ref() else { return 0 };
+    match s.connected_peers {
+        Some(n) => usize::try_from(n).unwrap_or(0),
+        None => s.links.iter().filter(|l| l.state == LinkState::Connected).count(),
+    }
+}
+
 pub fn count(members: &[MeshMember]) -> Counts {
     let n = |it: usize| i32::try_from(it).unwrap_or(i32::MAX);
-    let link_ends: usize = members
-        .iter()
-        .filter_map(|m| m.status.as_ref())
-        .map(|s| s.links.iter().filter(|l| l.state == LinkState::Connected).count())
-        .sum();
+    let link_ends: usize = members.iter().map(connected_links).sum();
     Counts {
         members: n(members.len()),
         ready: n(members.iter().filter(|m| condition_true(m, "Ready")).count()),
@@ -294,6 +300,11 @@ mod tests {
             crate::fixtures::node_member("x", &[]),
         ]);
         assert_eq!(c, Counts { members: 4, ready: 2, connected: 1, links: 1 });
+        // A big mesh's member lists only some links; its connectedPeers count is what counts.
+        let mut big = member(true, true, 2);
+        big.status.as_mut().unwrap().connected_peers = Some(999);
+        let c = count(&[big, member(true, true, 2)]);
+        assert_eq!(c.links, 500);
     }
 
     #[test]

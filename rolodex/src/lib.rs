@@ -4,6 +4,7 @@ pub mod client;
 pub mod codec;
 pub mod http;
 pub mod keys;
+pub mod loadgen;
 pub mod net;
 pub mod proto;
 pub mod replay;

@@ -6,8 +6,17 @@
 //! Traffic is O(N) per heartbeat interval: each member's heartbeat gets one fixed-size ack. The member list
 //! goes to a member only when it joins or its view digest shows it missed something; a join, change or
 //! departure goes to the other members once, as a delta.
+//!
+//! Joins arriving together (a mass restart: N members each to be told to N others) are coalesced: the
+//! introductions queued by every [`Server::handle`] since the last drain go out packed into as few frames as
+//! fit, each frame sealed once for everyone, when [`Server::poll_transmit`] runs dry. A driver that handles
+//! a batch of datagrams before draining so sends O(N) frames per batch instead of per join. And a heartbeat
+//! whose view matches the network as it was moments ago is only lagging (its delta is in flight), not stale:
+//! it gets no listing, or every heartbeat during a join wave would cost an O(N) listing. A stale member gets
+//! the list again at most every other interval, so members too slow to digest it cannot keep the rolodex
+//! busy sending it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -52,6 +61,9 @@ pub enum Drop {
     Replay,
     UnknownMember,
     Unexpected,
+    /// A newcomer while the send queue is long: it retries (the client backs off), members already in are
+    /// still acked.
+    Overloaded,
 }
 
 impl Drop {
@@ -63,6 +75,7 @@ impl Drop {
             Drop::Replay => "replay",
             Drop::UnknownMember => "unknown_member",
             Drop::Unexpected => "unexpected",
+            Drop::Overloaded => "overloaded",
         }
     }
 }
@@ -71,6 +84,8 @@ struct Member {
     entry: PeerEntry,
     seqs: SeqWindow,
     last_seen: Instant,
+    /// When its stale view digest last earned it the member list.
+    relisted: Option<Instant>,
 }
 
 struct Network {
@@ -78,6 +93,10 @@ struct Network {
     members: HashMap<String, Member>,
     /// XOR of every member's entry hash.
     digest: u64,
+    /// Digests this network had until recently, and when each was superseded.
+    recent: HashMap<u64, Instant>,
+    /// Joins and changes not yet announced to the other members, in order, one per name.
+    pending: Vec<PeerEntry>,
     /// Last accepted seq of departed members, so their old frames cannot re-register them.
     tombstones: HashMap<String, (u64, Instant)>,
 }
@@ -91,7 +110,12 @@ pub struct Server {
     out: VecDeque<Transmit>,
     next_sweep: Instant,
     next_listing: u32,
+    /// The wall clock last passed in, for frames built in [`Server::poll_transmit`].
+    last_wall_us: u64,
 }
+
+/// Frames queued at most before newcomers are turned away (about 20 MB).
+const MAX_BACKLOG: usize = 16384;
 
 fn hash_of(e: &PeerEntry) -> u64 {
     proto::entry_hash(&e.name, e.incarnation, e.reflexive)
@@ -108,6 +132,8 @@ impl Server {
                     key: FrameKey::new(name, key),
                     members: HashMap::new(),
                     digest: 0,
+                    recent: HashMap::new(),
+                    pending: Vec::new(),
                     tombstones: HashMap::new(),
                 };
                 (name.clone(), net)
@@ -122,6 +148,7 @@ impl Server {
             rng,
             out: VecDeque::new(),
             next_listing: 1,
+            last_wall_us: 0,
         }
     }
 
@@ -135,6 +162,7 @@ impl Server {
 
     /// Processes one datagram from `src`. `wall_us` is the wall clock in microseconds since the Unix epoch.
     pub fn handle(&mut self, now: Instant, wall_us: u64, src: SocketAddr, data: &[u8]) -> Result<(), Drop> {
+        self.last_wall_us = wall_us;
         let name = proto::peek_network(data).map_err(|_| Drop::Malformed)?;
         let net = self.networks.get_mut(name).ok_or(Drop::UnknownNetwork)?;
         let msg = net.key.open(data).map_err(|e| match e {
@@ -154,10 +182,7 @@ impl Server {
         }
         let network = name.to_string();
         match msg.body {
-            Body::Register(reg) => {
-                self.register(&network, now, wall_us, src, msg.sender, msg.seq, reg);
-                Ok(())
-            }
+            Body::Register(reg) => self.register(&network, now, wall_us, src, msg.sender, msg.seq, reg),
             Body::Sync | Body::Connect { .. } | Body::Ready { .. } => {
                 let net = self.networks.get_mut(&network).ok_or(Drop::UnknownNetwork)?;
                 if !net.members.contains_key(&msg.sender) {
@@ -184,8 +209,14 @@ impl Server {
         sender: String,
         seq: u64,
         reg: Register,
-    ) {
-        let Some(net) = self.networks.get_mut(network) else { return };
+    ) -> Result<(), Drop> {
+        let Some(net) = self.networks.get_mut(network) else { return Err(Drop::UnknownNetwork) };
+        // Each newcomer costs a member list (O(N) frames): admit none while the queue is long, so a join
+        // wave cannot grow it without bound, nor starve the acks that keep members alive.
+        let backlogged = self.out.len() >= MAX_BACKLOG;
+        if backlogged && !net.members.contains_key(&sender) {
+            return Err(Drop::Overloaded);
+        }
         let entry = PeerEntry {
             name: sender.clone(),
             incarnation: reg.incarnation,
@@ -195,6 +226,7 @@ impl Server {
             candidates: reg.candidates,
         };
         net.tombstones.remove(&sender);
+        let old_digest = net.digest;
         let changed = match net.members.get_mut(&sender) {
             Some(m) => {
                 m.last_seen = now;
@@ -210,12 +242,39 @@ impl Server {
                 net.digest ^= hash_of(&entry);
                 net.members.insert(
                     sender.clone(),
-                    Member { entry: entry.clone(), seqs: SeqWindow::starting_at(seq), last_seen: now },
+                    Member {
+                        entry: entry.clone(),
+                        seqs: SeqWindow::starting_at(seq),
+                        last_seen: now,
+                        relisted: None,
+                    },
                 );
                 true
             }
         };
+        if changed {
+            net.recent.insert(old_digest, now);
+            net.pending.retain(|e| e.name != sender);
+            net.pending.push(entry.clone());
+        }
         let own_view = net.digest ^ hash_of(&entry);
+        // The network this member's view describes (its view is everyone but itself).
+        let seen = reg.view_digest ^ hash_of(&entry);
+        let lag = self.cfg.heartbeat / 2;
+        let lagging = net.recent.get(&seen).is_some_and(|t| now.duration_since(*t) < lag);
+        // A member too slow to take in a list before its next heartbeat gets one every other interval at
+        // most, not one per heartbeat.
+        let mut relist = false;
+        if !changed
+            && !backlogged
+            && reg.view_digest != own_view
+            && !lagging
+            && let Some(m) = net.members.get_mut(&sender)
+            && m.relisted.is_none_or(|t| now.duration_since(t) >= self.cfg.heartbeat * 2)
+        {
+            m.relisted = Some(now);
+            relist = true;
+        }
         let ack = Body::Ack(Ack {
             reflexive: src,
             boot_id: self.boot_id,
@@ -226,21 +285,49 @@ impl Server {
         });
         self.send(network, wall_us, src, ack);
         if changed {
-            // A join or a change: the newcomer gets everyone, everyone gets the newcomer, at the same moment,
-            // so both ends of every new pair punch together.
-            let others: Vec<SocketAddr> = self.networks[network]
-                .members
-                .values()
-                .filter(|m| m.entry.name != sender)
-                .map(|m| m.entry.reflexive)
-                .collect();
-            for dst in others {
-                let body = Body::Peers { introduce: true, listing: None, entries: vec![entry.clone()] };
-                self.send(network, wall_us, dst, body);
-            }
+            // A join or a change: the newcomer gets everyone now, everyone gets the newcomer when this batch
+            // is drained, so both ends of every new pair punch together.
             self.send_listing(network, wall_us, &sender, true);
-        } else if reg.view_digest != own_view {
+        } else if relist {
             self.send_listing(network, wall_us, &sender, false);
+        }
+        Ok(())
+    }
+
+    /// Announces queued joins and changes: each member not among them gets all of them, in frames sealed
+    /// once for everyone; one among them gets those queued after it (its listing had the earlier ones).
+    fn flush_introductions(&mut self, wall_us: u64) {
+        for (name, net) in &mut self.networks {
+            if net.pending.is_empty() {
+                continue;
+            }
+            // Skip members that left (or changed again) since: their news went out otherwise.
+            let pending: Vec<PeerEntry> = std::mem::take(&mut net.pending)
+                .into_iter()
+                .filter(|e| net.members.get(&e.name).is_some_and(|m| m.entry == *e))
+                .collect();
+            let budget = proto::peers_budget(name, 0);
+            let mut frames = Vec::new();
+            for page in pack(&pending, budget) {
+                let body = Body::Peers { introduce: true, listing: None, entries: page };
+                frames.extend(seal(&net.key, &mut self.seq, &mut self.rng, wall_us, body));
+            }
+            let queued: HashSet<&str> = pending.iter().map(|e| e.name.as_str()).collect();
+            for m in net.members.values() {
+                if !queued.contains(m.entry.name.as_str()) {
+                    for f in &frames {
+                        self.out.push_back(Transmit { dst: m.entry.reflexive, payload: f.clone() });
+                    }
+                }
+            }
+            for (k, e) in pending.iter().enumerate() {
+                for page in pack(&pending[k + 1..], budget) {
+                    let body = Body::Peers { introduce: true, listing: None, entries: page };
+                    if let Some(f) = seal(&net.key, &mut self.seq, &mut self.rng, wall_us, body) {
+                        self.out.push_back(Transmit { dst: e.reflexive, payload: f });
+                    }
+                }
+            }
         }
     }
 
@@ -279,19 +366,12 @@ impl Server {
     fn send_listing(&mut self, network: &str, wall_us: u64, to: &str, introduce: bool) {
         let Some(net) = self.networks.get(network) else { return };
         let Some(dst) = net.members.get(to).map(|m| m.entry.reflexive) else { return };
-        let budget = proto::peers_budget(network, 0);
-        let mut pages: Vec<Vec<PeerEntry>> = vec![Vec::new()];
-        let mut used = 0;
-        for m in net.members.values().filter(|m| m.entry.name != to) {
-            let len = proto::entry_len(&m.entry);
-            if used + len > budget {
-                pages.push(Vec::new());
-                used = 0;
-            }
-            used += len;
-            if let Some(p) = pages.last_mut() {
-                p.push(m.entry.clone());
-            }
+        let entries: Vec<PeerEntry> =
+            net.members.values().filter(|m| m.entry.name != to).map(|m| m.entry.clone()).collect();
+        let mut pages = pack(&entries, proto::peers_budget(network, 0));
+        if pages.is_empty() {
+            // An empty listing still tells a member it is alone.
+            pages.push(Vec::new());
         }
         let id = self.next_listing;
         self.next_listing = self.next_listing.wrapping_add(1);
@@ -304,16 +384,18 @@ impl Server {
 
     fn send(&mut self, network: &str, wall_us: u64, dst: SocketAddr, body: Body) {
         let Some(net) = self.networks.get(network) else { return };
-        let msg = Message { seq: self.seq.next(wall_us), sender: String::new(), body };
-        match net.key.seal(&msg, self.rng.random()) {
-            Ok(payload) => self.out.push_back(Transmit { dst, payload }),
-            // Unreachable by construction (pages are sized to fit); logged rather than trusted.
-            Err(e) => tracing::error!(network, error = %e, "dropping oversized rolodex frame"),
+        if let Some(payload) = seal(&net.key, &mut self.seq, &mut self.rng, wall_us, body) {
+            self.out.push_back(Transmit { dst, payload });
         }
     }
 
+    /// The next datagram to send. Introductions queued by [`Server::handle`] are packed when the queue
+    /// runs dry, so handling several datagrams before draining coalesces them.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if self.out.is_empty() {
+            self.flush_introductions(self.last_wall_us);
+        }
         self.out.pop_front()
     }
 
@@ -324,16 +406,17 @@ impl Server {
 
     /// Expires silent members and tells the rest they are gone.
     pub fn handle_timeout(&mut self, now: Instant, wall_us: u64) {
+        self.last_wall_us = wall_us;
         if now < self.next_sweep {
             return;
         }
         self.next_sweep = now + sweep_every(&self.cfg);
         let timeout = self.cfg.timeout;
         let keep_tombstone = self.cfg.freshness * 2;
-        let names: Vec<String> = self.networks.keys().cloned().collect();
-        for network in names {
-            let Some(net) = self.networks.get_mut(&network) else { continue };
+        let lag = self.cfg.heartbeat / 2;
+        for (network, net) in &mut self.networks {
             net.tombstones.retain(|_, (_, at)| now.duration_since(*at) < keep_tombstone);
+            net.recent.retain(|_, at| now.duration_since(*at) < lag);
             let dead: Vec<String> = net
                 .members
                 .iter()
@@ -346,18 +429,53 @@ impl Server {
             let mut gone = Vec::with_capacity(dead.len());
             for name in dead {
                 if let Some(m) = net.members.remove(&name) {
+                    net.recent.insert(net.digest, now);
                     net.digest ^= hash_of(&m.entry);
                     net.tombstones.insert(name.clone(), (m.seqs.last(), now));
                     gone.push((name, m.entry.incarnation));
                 }
             }
             tracing::info!(network, gone = ?gone, "members timed out");
-            let dsts: Vec<SocketAddr> = net.members.values().map(|m| m.entry.reflexive).collect();
             for chunk in gone.chunks(12) {
-                for dst in &dsts {
-                    self.send(&network, wall_us, *dst, Body::Gone { peers: chunk.to_vec() });
+                let body = Body::Gone { peers: chunk.to_vec() };
+                let Some(frame) = seal(&net.key, &mut self.seq, &mut self.rng, wall_us, body) else {
+                    continue;
+                };
+                for m in net.members.values() {
+                    self.out.push_back(Transmit { dst: m.entry.reflexive, payload: frame.clone() });
                 }
             }
+        }
+    }
+}
+
+/// Splits `entries` into pages that each fit one `Peers` frame of `budget` bytes.
+fn pack(entries: &[PeerEntry], budget: usize) -> Vec<Vec<PeerEntry>> {
+    let mut pages: Vec<Vec<PeerEntry>> = Vec::new();
+    let mut used = budget;
+    for e in entries {
+        let len = proto::entry_len(e);
+        if used + len > budget || pages.last().is_some_and(|p| p.len() == 255) {
+            pages.push(Vec::new());
+            used = 0;
+        }
+        used += len;
+        if let Some(p) = pages.last_mut() {
+            p.push(e.clone());
+        }
+    }
+    pages
+}
+
+/// Seals a frame from the rolodex. One frame may go to many members: each accepts its sequence number once.
+fn seal(key: &FrameKey, seq: &mut SeqClock, rng: &mut StdRng, wall_us: u64, body: Body) -> Option<Vec<u8>> {
+    let msg = Message { seq: seq.next(wall_us), sender: String::new(), body };
+    match key.seal(&msg, rng.random()) {
+        Ok(payload) => Some(payload),
+        // Unreachable by construction (pages are sized to fit); logged rather than trusted.
+        Err(e) => {
+            tracing::error!(network = key.network(), error = %e, "dropping oversized rolodex frame");
+            None
         }
     }
 }

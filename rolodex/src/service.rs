@@ -55,11 +55,23 @@ impl Metrics {
     }
 }
 
+/// Datagrams handled at most in one go, before sending what they caused.
+const BATCH: usize = 256;
+/// While a long send queue drains (a join wave), whatever arrived is handled every this many sends, so
+/// heartbeats are not dropped by a full receive buffer and their members timed out.
+const SENDS_PER_RECEIVE: usize = 64;
+/// Room for a burst of registrations (a rolodex restart: every member within one heartbeat interval).
+/// Capped by net.core.rmem_max.
+const RECV_BUFFER: usize = 8 << 20;
+
 /// Runs until `shutdown` completes.
 pub async fn run(cfg: ServiceConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let socket = UdpSocket::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot bind rolodex UDP {}", cfg.listen))?;
+    if let Err(e) = socket2::SockRef::from(&socket).set_recv_buffer_size(RECV_BUFFER) {
+        tracing::warn!(error = %e, "cannot enlarge the receive buffer");
+    }
     let metrics = Metrics::new().context("creating metrics")?;
     if let Some(addr) = cfg.metrics {
         let registry = metrics.registry.clone();
@@ -86,17 +98,12 @@ pub async fn run(cfg: ServiceConfig, shutdown: impl Future<Output = ()>) -> anyh
         let deadline = tokio::time::Instant::from_std(server.poll_timeout());
         tokio::select! {
             _ = &mut shutdown => break,
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, src)) => {
-                    metrics.received.inc();
-                    if let Err(reason) = server.handle(Instant::now(), wall_us(), src, &buf[..n]) {
-                        metrics.dropped.with_label_values(&[reason.label()]).inc();
-                        tracing::debug!(%src, reason = reason.label(), "dropped datagram");
-                    }
-                }
-                // ICMP errors from earlier sends surface here on Linux; they are not fatal.
-                Err(e) => tracing::debug!(error = %e, "recv"),
-            },
+            r = socket.recv_from(&mut buf) => {
+                handle(&mut server, &metrics, r, &buf);
+                // Handle what else is already queued before sending: the server coalesces the introductions
+                // of joins handled together (see `server.rs`).
+                receive_queued(&socket, &mut server, &metrics, &mut buf, BATCH - 1);
+            }
             _ = tokio::time::sleep_until(deadline) => {
                 server.handle_timeout(Instant::now(), wall_us());
                 for (net, n) in server.networks() {
@@ -104,6 +111,7 @@ pub async fn run(cfg: ServiceConfig, shutdown: impl Future<Output = ()>) -> anyh
                 }
             }
         }
+        let mut sends = 0;
         while let Some(t) = server.poll_transmit() {
             match socket.send_to(&t.payload, t.dst).await {
                 Ok(n) => {
@@ -112,10 +120,38 @@ pub async fn run(cfg: ServiceConfig, shutdown: impl Future<Output = ()>) -> anyh
                 }
                 Err(e) => tracing::debug!(dst = %t.dst, error = %e, "send failed"),
             }
+            sends += 1;
+            if sends % SENDS_PER_RECEIVE == 0 {
+                receive_queued(&socket, &mut server, &metrics, &mut buf, BATCH);
+            }
         }
     }
     tracing::info!("rolodex stopped");
     Ok(())
+}
+
+fn handle(server: &mut Server, metrics: &Metrics, r: std::io::Result<(usize, SocketAddr)>, buf: &[u8]) {
+    match r {
+        Ok((n, src)) => {
+            metrics.received.inc();
+            if let Err(reason) = server.handle(Instant::now(), wall_us(), src, &buf[..n]) {
+                metrics.dropped.with_label_values(&[reason.label()]).inc();
+                tracing::debug!(%src, reason = reason.label(), "dropped datagram");
+            }
+        }
+        // ICMP errors from earlier sends surface here on Linux; they are not fatal.
+        Err(e) => tracing::debug!(error = %e, "recv"),
+    }
+}
+
+/// Handles up to `limit` datagrams that have already arrived, without waiting.
+fn receive_queued(socket: &UdpSocket, server: &mut Server, metrics: &Metrics, buf: &mut [u8], limit: usize) {
+    for _ in 0..limit {
+        match socket.try_recv_from(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            r => handle(server, metrics, r, buf),
+        }
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.

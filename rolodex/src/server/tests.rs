@@ -405,3 +405,60 @@ fn reordered_frames_neither_lose_peers_nor_acks() {
     assert_eq!(peers, vec!["node-1"], "an old listing erased a newer introduction");
     assert!(s.clients[0].1.handle(now, wall + 2000, &first[0].payload).is_err(), "a true replay is refused");
 }
+
+/// Many members joining at once (a mass restart): their introductions to each member already there go out
+/// packed into a few frames, not one frame per newcomer, and everyone still learns everyone.
+#[test]
+fn joins_handled_together_are_announced_in_few_frames() {
+    let mut s = Sim::new(30);
+    s.run_for(Duration::from_secs(1));
+    let counts = std::rc::Rc::new(std::cell::RefCell::new(HashMap::<SocketAddr, usize>::new()));
+    let c = counts.clone();
+    s.drop_down = Box::new(move |dst| {
+        *c.borrow_mut().entry(dst).or_default() += 1;
+        false
+    });
+    let first = s.clients.len();
+    for _ in 0..60 {
+        s.add_client();
+    }
+    // One step: the 60 registers are all handled before the rolodex's queue is drained.
+    let t = s.clients[first].1.poll_timeout();
+    s.run_until(t);
+    for i in 0..first {
+        let frames = counts.borrow()[&addr(i)];
+        assert!(frames <= 4, "node-{i} got {frames} frames for 60 joins");
+    }
+    for i in [0, first, first + 59] {
+        assert_eq!(s.peers_of(i), s.names_except(i), "node-{i}");
+    }
+}
+
+/// A heartbeat sent before the member got the latest delta is lagging, not stale: it gets an ack, not the
+/// whole member list.
+#[test]
+fn a_heartbeat_overtaken_by_a_join_gets_no_listing() {
+    let mut s = Sim::new(3);
+    s.run_for(Duration::from_secs(1));
+    let t = s.clients[0].1.poll_timeout();
+    s.run_until(t - Duration::from_millis(1));
+    s.now = t;
+    let wall = s.wall();
+    s.clients[0].1.handle_timeout(t, wall);
+    let heartbeat = s.clients[0].1.poll_transmit().unwrap();
+    let n = s.add_client();
+    s.clients[n].1.handle_timeout(t, wall);
+    let reg = s.clients[n].1.poll_transmit().unwrap();
+    s.server.handle(t, wall, addr(n), &reg).unwrap();
+    let mut held = vec![];
+    while let Some(tx) = s.server.poll_transmit() {
+        held.push(tx);
+    }
+    s.server.handle(t, wall + 10, addr(0), &heartbeat).unwrap();
+    let answer: Vec<Transmit> = std::iter::from_fn(|| s.server.poll_transmit()).collect();
+    assert_eq!(answer.len(), 1, "only an ack, not the member list");
+    for tx in held.iter().chain(&answer).filter(|tx| tx.dst == addr(0)) {
+        s.clients[0].1.handle(t, wall + 20, &tx.payload).unwrap();
+    }
+    assert_eq!(s.peers_of(0), vec!["node-1", "node-2", "node-3"]);
+}
