@@ -117,15 +117,15 @@ fn send_gso(fd: RawFd, dst: &SockAddr, iov: &[libc::iovec], seg: usize) -> Resul
     msg.msg_name = dst.as_ptr().cast_mut().cast();
     msg.msg_namelen = dst.len();
     msg.msg_iov = iov.as_ptr().cast_mut();
-    msg.msg_iovlen = iov.len();
+    msg.msg_iovlen = iov.len() as _; // c_int on musl, usize on glibc
     msg.msg_control = ctrl.as_mut_ptr().cast();
     // SAFETY: CMSG_* only compute sizes and walk within `ctrl`, which is large enough for one u16 cmsg.
     unsafe {
-        msg.msg_controllen = libc::CMSG_SPACE(mem::size_of::<u16>() as u32) as usize;
+        msg.msg_controllen = libc::CMSG_SPACE(mem::size_of::<u16>() as u32) as _;
         let c = libc::CMSG_FIRSTHDR(&msg);
         (*c).cmsg_level = libc::SOL_UDP;
         (*c).cmsg_type = libc::UDP_SEGMENT;
-        (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as usize;
+        (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as _;
         ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
     }
     // SAFETY: `msg` is fully initialised and points at live buffers.
@@ -201,7 +201,7 @@ impl RecvBatch {
             m.msg_hdr.msg_iov = v;
             m.msg_hdr.msg_iovlen = 1;
             m.msg_hdr.msg_control = ctrl.as_mut_ptr().cast();
-            m.msg_hdr.msg_controllen = mem::size_of_val(ctrl);
+            m.msg_hdr.msg_controllen = mem::size_of_val(ctrl) as _;
         }
         // SAFETY: every header points at its own live slot, address and control buffer.
         let r = unsafe {
@@ -209,7 +209,7 @@ impl RecvBatch {
                 fd,
                 msgs.as_mut_ptr(),
                 RECV_SLOTS as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                libc::MSG_DONTWAIT as _,
                 ptr::null_mut(),
             )
         };

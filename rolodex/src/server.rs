@@ -116,6 +116,9 @@ pub struct Server {
 
 /// Frames queued at most before newcomers are turned away (about 20 MB).
 const MAX_BACKLOG: usize = 16384;
+/// Introductions queued at most before newcomers are turned away: their announcement costs every member a
+/// frame per ~25 of them, and each member's copy is a frame in memory until sent.
+const MAX_PENDING: usize = 64;
 
 fn hash_of(e: &PeerEntry) -> u64 {
     proto::entry_hash(&e.name, e.incarnation, e.reflexive)
@@ -213,7 +216,7 @@ impl Server {
         let Some(net) = self.networks.get_mut(network) else { return Err(Drop::UnknownNetwork) };
         // Each newcomer costs a member list (O(N) frames): admit none while the queue is long, so a join
         // wave cannot grow it without bound, nor starve the acks that keep members alive.
-        let backlogged = self.out.len() >= MAX_BACKLOG;
+        let backlogged = self.out.len() >= MAX_BACKLOG || net.pending.len() >= MAX_PENDING;
         if backlogged && !net.members.contains_key(&sender) {
             return Err(Drop::Overloaded);
         }
