@@ -95,6 +95,16 @@ fn parse(p: &[u8]) -> Option<Tcp> {
     Some(Tcp { v6, ip_len, tcp_len, payload: p.len() - ip_len - tcp_len, seq: be32(tcp, 4), flags })
 }
 
+/// The IP header fields that must match for a merge. IPv6: version, traffic class, flow label, hop limit,
+/// addresses. IPv4: TOS, DF, TTL, addresses (not total length, id or checksum).
+fn same_ip_header(first: &[u8], q: &[u8], v6: bool) -> bool {
+    if v6 {
+        first[..4] == q[..4] && first[7] == q[7] && first[8..40] == q[8..40]
+    } else {
+        first[1] == q[1] && first[6] == q[6] && first[8] == q[8] && first[12..20] == q[12..20]
+    }
+}
+
 /// Whether `q` continues the run that `first` started and `prev` last extended.
 fn continues(first: &[u8], f: &Tcp, prev: &Tcp, q: &[u8], t: &Tcp, total: usize) -> bool {
     let hl = f.ip_len + f.tcp_len;
@@ -107,13 +117,7 @@ fn continues(first: &[u8], f: &Tcp, prev: &Tcp, q: &[u8], t: &Tcp, total: usize)
     if t.seq != prev.seq.wrapping_add(prev.payload as u32) {
         return false;
     }
-    let same_ip = if f.v6 {
-        // Version, traffic class, flow label; hop limit; addresses.
-        first[..4] == q[..4] && first[7] == q[7] && first[8..40] == q[8..40]
-    } else {
-        // TOS, DF, TTL, protocol, addresses (not total length, id or checksum).
-        first[1] == q[1] && first[6] == q[6] && first[8] == q[8] && first[12..20] == q[12..20]
-    };
+    let same_ip = same_ip_header(first, q, f.v6);
     // Ports; then ack number, data offset, flags but PSH, window; then options. Not seq or checksum.
     let (a, b) = (&first[f.ip_len..hl], &q[t.ip_len..t.ip_len + t.tcp_len]);
     same_ip
@@ -205,13 +209,12 @@ fn merge_udp<'a>(packet: impl Fn(usize) -> &'a [u8], count: usize, first: &[u8],
     while m.end < count && m.end - m.start < MAX_MERGE && last == f.payload {
         let q = packet(m.end);
         let Some(u) = parse_udp(q) else { break };
-        let same_ip = if f.v6 {
-            first[..4] == q[..4] && first[7] == q[7] && first[8..40] == q[8..40]
-        } else {
-            first[1] == q[1] && first[6] == q[6] && first[8] == q[8] && first[12..20] == q[12..20]
-        };
-        let same_ports = first[f.ip_len..f.ip_len + 4] == q[u.ip_len..u.ip_len + 4];
-        if u.v6 != f.v6 || !same_ip || !same_ports || u.payload > f.payload || total + u.payload > MAX_IP_LEN
+        // Family first: the header comparison indexes by it.
+        if u.v6 != f.v6
+            || !same_ip_header(first, q, f.v6)
+            || first[f.ip_len..f.ip_len + 4] != q[u.ip_len..u.ip_len + 4]
+            || u.payload > f.payload
+            || total + u.payload > MAX_IP_LEN
         {
             break;
         }

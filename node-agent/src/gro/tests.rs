@@ -224,3 +224,12 @@ fn udp_datagrams_of_one_flow_merge_only_with_uso() {
         assert_eq!((field(2), field(4), field(6), field(8)), (ip_len + 8, 64, ip_len, 6));
     }
 }
+
+#[test]
+fn a_short_ipv4_datagram_after_an_ipv6_one_is_not_compared_as_ipv6() {
+    let pkts =
+        vec![udp(A6, B6, 40000, &[1; 64]), udp(A4, B4, 40000, &[1; 1]), tcp(A4, B4, 1, 0, TCP_ACK, &[1])];
+    assert_eq!(merges(&pkts), vec![(0, 1), (1, 2), (2, 3)]);
+    let pkts = vec![tcp(A6, B6, 1, 0, TCP_ACK, &[1; 64]), tcp(A4, B4, 1, 64, TCP_ACK, &[1])];
+    assert_eq!(merges(&pkts), vec![(0, 1), (1, 2)]);
+}
